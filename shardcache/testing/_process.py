@@ -26,7 +26,7 @@ from typing import Any, ClassVar, TypeVar
 
 from shardcache.errors import BinaryNotFoundError, PortInUseError, ServerNotReadyError
 
-__all__ = ["ServerProcess", "find_binary", "pick_port", "wait_until"]
+__all__ = ["ServerProcess", "find_binary", "pick_port", "pid_is_server", "wait_until"]
 
 T = TypeVar("T")
 
@@ -298,7 +298,7 @@ class ServerProcess:
     def running(self) -> bool:
         if self._popen is not None:
             return self._popen.poll() is None
-        return self._pid is not None and _pid_is(self._pid, self.binary, self.port)
+        return self._pid is not None and pid_is_server(self._pid, self.binary, self.port)
 
     def detach(self) -> None:
         """Leave the process running past this interpreter (used after ``up`` succeeds)."""
@@ -345,10 +345,11 @@ class ServerProcess:
         return True
 
 
-def _pid_is(pid: int, binary: str, port: int) -> bool:
-    """Whether ``pid`` is alive (not a zombie) and still the server we started on ``port``.
+def pid_is_server(pid: int, binary: str, port: int | None = None) -> bool:
+    """Whether ``pid`` is alive (not a zombie) and runs ``binary`` (on ``port``, when given).
 
-    A pid read back from a state file may have been reused by an unrelated process.
+    A pid read back from a state file may have been reused by an unrelated process, so the
+    command line is checked too.
     """
     proc = Path("/proc") / str(pid)
     try:
@@ -357,4 +358,6 @@ def _pid_is(pid: int, binary: str, port: int) -> bool:
     except OSError:
         return False
     state = stat.rsplit(")", 1)[-1].split()[0]
-    return state not in ("Z", "X") and binary in cmdline and str(port) in cmdline
+    if state in ("Z", "X") or binary not in cmdline:
+        return False
+    return port is None or f":{port}" in cmdline or f" {port} " in f"{cmdline} "

@@ -81,6 +81,13 @@ def cluster_info(node: RedisServer) -> dict[str, str]:
     return dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
 
 
+def _all_online(node: RedisServer) -> bool:
+    """Whether ``CLUSTER SHARDS`` on ``node`` calls every node "online" (not "loading")."""
+    with node.client() as conn:
+        shards = conn.execute_command("CLUSTER", "SHARDS")
+    return all(n["health"] == "online" for shard in shards for n in shard["nodes"])
+
+
 class RedisCluster(Topology):
     """A Redis Cluster of ``masters`` masters, each with ``replicas_per_master`` replicas.
 
@@ -197,6 +204,8 @@ class RedisCluster(Topology):
                 attached = [v for v in views if v.master_id == master.node_id]
                 if len(attached) != self.replicas_per_master:
                     return False
+            if not _all_online(node):
+                return False
         return all(
             replica.info("replication").get("master_link_status") == "up"
             for replica in self.replicas

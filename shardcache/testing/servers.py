@@ -82,6 +82,9 @@ class RedisServer(_RedisProtocolServer):
             # A replica syncs straight over the socket, at once: no RDB file, no 5 s delay.
             ("repl-diskless-sync", "yes"),
             ("repl-diskless-sync-delay", "0"),
+            # Replicas report their offset every second, not every 10 s: until a replica's
+            # offset is above 0, CLUSTER SHARDS calls it "loading" instead of "online".
+            ("repl-ping-replica-period", "1"),
             ("enable-debug-command", "local"),
             *self.extra.items(),
         ]

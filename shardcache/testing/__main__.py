@@ -1,0 +1,3 @@
+from shardcache.testing.cli import main
+
+raise SystemExit(main())
