@@ -102,8 +102,12 @@ class Topology:
         """Start every process without waiting for any of them."""
         self.root = Path(tempfile.mkdtemp(prefix=f"shardcache-{self.kind}-"))
         self.processes = self._build(self.root, None)
-        for proc in self.processes:
+        for proc in self._first_wave():
             proc.launch(detach=self.detach)
+
+    def _first_wave(self) -> list[ServerProcess]:
+        """The processes `launch` starts; `_wait_ready` starts any others when it is time."""
+        return self.processes
 
     def wait_ready(self, timeout: float | None = None) -> None:
         """Block until the topology is ready (all servers up, replication and roles settled)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -10,12 +11,17 @@ from typing import Any
 import redis
 
 from shardcache.testing._base import HealthRow, Topology
-from shardcache.testing._process import HOST, pick_port, wait_until
+from shardcache.testing._process import HOST, ServerProcess, pick_port, wait_until
 from shardcache.testing.servers import RedisServer, SentinelServer
 
 __all__ = ["RedisSentinel"]
 
 _WAIT_ERRORS = (OSError, redis.RedisError)
+
+
+def _serving_as_master_or_attached(node: RedisServer) -> bool:
+    info = node.info("replication")
+    return info.get("role") == "master" or info.get("master_link_status") == "up"
 
 
 class RedisSentinel(Topology):
@@ -138,9 +144,25 @@ class RedisSentinel(Topology):
 
     # --- readiness and failover ----------------------------------------------------------
 
+    def _first_wave(self) -> list[ServerProcess]:
+        # Sentinels start once the replicas are attached: a sentinel learns a master's
+        # replicas from its INFO, which it reads at once and then only every 10 s.
+        return list(self.redis_nodes)
+
     def _wait_ready(self, timeout: float) -> None:
-        for proc in self.processes:
-            proc.wait_ready(timeout)
+        for node in self.redis_nodes:
+            node.wait_ready(timeout)
+        for node in self.redis_nodes:
+            wait_until(
+                functools.partial(_serving_as_master_or_attached, node),
+                timeout=timeout,
+                what=f"{node.label} to attach to its master",
+                errors=_WAIT_ERRORS,
+            )
+        for sentinel in self.sentinels:
+            sentinel.launch(detach=self.detach)
+        for sentinel in self.sentinels:
+            sentinel.wait_ready(timeout)
         for name in self.names:
             wait_until(
                 functools.partial(self.is_settled, name),
@@ -187,12 +209,17 @@ class RedisSentinel(Topology):
         )
         return online == len(running_nodes) - 1
 
-    def failover(self, name: str, timeout: float = 30.0) -> tuple[str, int]:
-        """Force a failover of ``name`` (``SENTINEL FAILOVER``) and wait until it is done.
+    def failover(
+        self, name: str, timeout: float = 30.0, *, settle: bool = True, settle_timeout: float = 60.0
+    ) -> tuple[str, int]:
+        """Force a failover of ``name`` (``SENTINEL FAILOVER``) and return the new master.
 
-        Returns the new master's address once every sentinel reports it and the old master
-        (when running) has rejoined as a replica.
+        Returns once every sentinel reports the new address (within ``timeout`` seconds) and,
+        with ``settle``, once the old master (when running) has rejoined as a replica: the
+        sentinels demote it on their own schedule, about ten seconds later, and until then it
+        still accepts writes from clients that have not switched.
         """
+        deadline = time.monotonic() + timeout
         old = self.master_address(name)
 
         def started() -> bool:
@@ -203,7 +230,12 @@ class RedisSentinel(Topology):
                     return False
                 raise
 
-        wait_until(started, timeout=timeout, what=f"sentinel to accept a failover of {name}")
+        wait_until(
+            started,
+            timeout=timeout,
+            what=f"sentinel to accept a failover of {name}",
+            errors=(OSError, redis.ConnectionError),
+        )
 
         def moved() -> tuple[str, int] | None:
             reported = set()
@@ -218,16 +250,17 @@ class RedisSentinel(Topology):
 
         new = wait_until(
             moved,
-            timeout=timeout,
+            timeout=max(0.0, deadline - time.monotonic()),
             what=f"every sentinel to report a new {name}",
             errors=_WAIT_ERRORS,
         )
-        wait_until(
-            functools.partial(self.is_settled, name),
-            timeout=timeout,
-            what=f"{name} to settle after failover",
-            errors=_WAIT_ERRORS,
-        )
+        if settle:
+            wait_until(
+                functools.partial(self.is_settled, name),
+                timeout=settle_timeout,
+                what=f"{name} to settle after failover",
+                errors=_WAIT_ERRORS,
+            )
         return new
 
     # --- Topology API ----------------------------------------------------------------------

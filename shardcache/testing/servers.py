@@ -2,19 +2,34 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import re
+import subprocess
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import redis
 from pymemcache.client.base import Client as MemcacheClient
 from pymemcache.exceptions import MemcacheError
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
-from shardcache.testing._process import HOST, ServerProcess
+from shardcache.testing._process import HOST, ServerProcess, find_binary
 
 __all__ = ["MemcachedServer", "RedisServer", "SentinelServer"]
 
 PROBE_TIMEOUT = 1.0
+
+
+@functools.cache
+def redis_version() -> tuple[int, ...]:
+    """The installed redis-server's version, e.g. ``(7, 0, 15)``."""
+    out = subprocess.run(
+        [find_binary("redis-server"), "--version"], capture_output=True, text=True, check=True
+    ).stdout
+    match = re.search(r"v=(\d+)\.(\d+)\.(\d+)", out)
+    return tuple(int(part) for part in match.groups()) if match else (0,)
 
 
 def _render(settings: Iterable[tuple[str, str]]) -> str:
@@ -30,6 +45,8 @@ class _RedisProtocolServer(ServerProcess):
             "socket_timeout": PROBE_TIMEOUT,
             "socket_connect_timeout": PROBE_TIMEOUT,
             "decode_responses": True,
+            # A probe answers now or fails now: redis-py's default retries add seconds.
+            "retry": Retry(NoBackoff(), 0),
         }
         options.update(kwargs)
         return redis.Redis(host=HOST, port=self.port, **options)  # type: ignore[arg-type]
@@ -85,9 +102,11 @@ class RedisServer(_RedisProtocolServer):
             # Replicas report their offset every second, not every 10 s: until a replica's
             # offset is above 0, CLUSTER SHARDS calls it "loading" instead of "online".
             ("repl-ping-replica-period", "1"),
-            ("enable-debug-command", "local"),
-            *self.extra.items(),
         ]
+        if redis_version() >= (7,):
+            # Stop at once on SIGTERM instead of waiting up to 10 s for replicas to catch up.
+            settings += [("shutdown-timeout", "0"), ("enable-debug-command", "local")]
+        settings += self.extra.items()
         if self.replica_of is not None:
             settings.append(("replicaof", f"{HOST} {self.replica_of}"))
         (self.workdir / "redis.conf").write_text(_render(settings))
