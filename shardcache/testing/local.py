@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from shardcache.errors import PortInUseError
 from shardcache.testing._base import HealthRow, Topology
@@ -13,7 +13,9 @@ from shardcache.testing.cluster import RedisCluster
 from shardcache.testing.sentinel import RedisSentinel
 from shardcache.testing.standalone import MemcachedServers, StandaloneRedis
 
-__all__ = ["KINDS", "LocalTopology"]
+__all__ = ["KINDS", "LocalTopology", "format_health"]
+
+T = TypeVar("T", bound=Topology)
 
 KINDS: dict[str, type[Topology]] = {
     cls.kind: cls for cls in (StandaloneRedis, RedisCluster, RedisSentinel, MemcachedServers)
@@ -50,6 +52,28 @@ class LocalTopology:
 
     def __getitem__(self, kind: str) -> Topology:
         return self.parts[kind]
+
+    def _part(self, kind: str, cls: type[T]) -> T:
+        part = self.parts.get(kind)
+        if not isinstance(part, cls):
+            raise KeyError(f"this local set has no {kind} part (it has {sorted(self.parts)})")
+        return part
+
+    @property
+    def standalone(self) -> StandaloneRedis:
+        return self._part("standalone", StandaloneRedis)
+
+    @property
+    def cluster(self) -> RedisCluster:
+        return self._part("cluster", RedisCluster)
+
+    @property
+    def sentinel(self) -> RedisSentinel:
+        return self._part("sentinel", RedisSentinel)
+
+    @property
+    def memcached(self) -> MemcachedServers:
+        return self._part("memcached", MemcachedServers)
 
     def __enter__(self) -> LocalTopology:
         self.start()
