@@ -13,11 +13,11 @@ from shardcache.testing.cluster import RedisCluster
 from shardcache.testing.sentinel import RedisSentinel
 from shardcache.testing.standalone import MemcachedServers, StandaloneRedis
 
-__all__ = ["KINDS", "LocalTopology", "format_health"]
+__all__ = ["LocalTopology", "format_health"]
 
 T = TypeVar("T", bound=Topology)
 
-KINDS: dict[str, type[Topology]] = {
+_KINDS: dict[str, type[Topology]] = {
     cls.kind: cls for cls in (StandaloneRedis, RedisCluster, RedisSentinel, MemcachedServers)
 }
 
@@ -125,7 +125,7 @@ class LocalTopology:
         """Re-attach to a set another interpreter started (``python -m shardcache.testing up``)."""
         local = cls(standalone=0, cluster=False, sentinel=False, memcached=0)
         for kind, part_state in state["parts"].items():
-            local.parts[kind] = KINDS[part_state["kind"]].from_state(part_state)
+            local.parts[kind] = _KINDS[part_state["kind"]].from_state(part_state)
         return local
 
 
