@@ -13,7 +13,7 @@ The pytest plugin (`shardcache.testing.pytest_plugin`) exposes them as fixtures,
 ``python -m shardcache.testing up|status|down`` runs them in the background.
 """
 
-from shardcache.testing._base import HealthRow, Topology
+from shardcache.testing._base import HealthRow, StartStop, Topology
 from shardcache.testing._process import ServerProcess, find_binary, pick_port, wait_until
 from shardcache.testing.cluster import ClusterNodeView, RedisCluster, SlotMigration
 from shardcache.testing.local import LocalTopology, format_health
@@ -34,6 +34,7 @@ __all__ = [
     "ServerProcess",
     "SlotMigration",
     "StandaloneRedis",
+    "StartStop",
     "Topology",
     "find_binary",
     "format_health",

@@ -15,8 +15,9 @@ from typing import Any, ClassVar, TypeVar
 from shardcache.errors import PortInUseError
 from shardcache.testing._process import ServerProcess
 
-__all__ = ["HealthRow", "Topology"]
+__all__ = ["HealthRow", "StartStop", "Topology"]
 
+StartStopT = TypeVar("StartStopT", bound="StartStop")
 TopologyT = TypeVar("TopologyT", bound="Topology")
 
 PORT_ATTEMPTS = 3
@@ -34,7 +35,29 @@ class HealthRow:
     detail: str = ""
 
 
-class Topology:
+class StartStop:
+    """``with x:`` starts ``x`` and always stops it."""
+
+    def start(self) -> None:
+        raise NotImplementedError(f"{type(self).__name__} must say how to start")
+
+    def stop(self) -> None:
+        raise NotImplementedError(f"{type(self).__name__} must say how to stop")
+
+    def __enter__(self: StartStopT) -> StartStopT:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class Topology(StartStop):
     """A group of local servers started, checked and stopped together.
 
     Subclasses build their processes (`_build`), say when the whole group is ready
@@ -56,18 +79,6 @@ class Topology:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.describe()}>"
-
-    def __enter__(self: TopologyT) -> TopologyT:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # --- what subclasses define -------------------------------------------------------
 

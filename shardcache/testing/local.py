@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
-from types import TracebackType
 from typing import Any, TypeVar
 
 from shardcache.errors import PortInUseError
-from shardcache.testing._base import HealthRow, Topology
+from shardcache.testing._base import HealthRow, StartStop, Topology
 from shardcache.testing.cluster import RedisCluster
 from shardcache.testing.sentinel import RedisSentinel
 from shardcache.testing.standalone import MemcachedServers, StandaloneRedis
@@ -22,7 +21,7 @@ _KINDS: dict[str, type[Topology]] = {
 }
 
 
-class LocalTopology:
+class LocalTopology(StartStop):
     """Start several topologies at once: all processes launch together, then each part
     settles (cluster forming, sentinel discovery) in parallel.
 
@@ -74,18 +73,6 @@ class LocalTopology:
     @property
     def memcached(self) -> MemcachedServers:
         return self._part("memcached", MemcachedServers)
-
-    def __enter__(self) -> LocalTopology:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def start(self) -> None:
         """Launch every process of every part, then wait for all parts in parallel."""

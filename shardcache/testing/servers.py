@@ -58,6 +58,17 @@ class _RedisProtocolServer(ServerProcess):
         except redis.RedisError:
             return False
 
+    def _base_settings(self) -> list[tuple[str, str]]:
+        """Loopback only, in the foreground, everything in its own directory, log to stdout."""
+        return [
+            ("port", str(self.port)),
+            ("bind", HOST),
+            ("protected-mode", "no"),
+            ("daemonize", "no"),
+            ("dir", str(self.workdir)),
+            ("logfile", '""'),
+        ]
+
 
 class RedisServer(_RedisProtocolServer):
     """A ``redis-server`` with persistence off, logging to its own directory.
@@ -88,12 +99,7 @@ class RedisServer(_RedisProtocolServer):
 
     def write_config(self) -> None:
         settings = [
-            ("port", str(self.port)),
-            ("bind", HOST),
-            ("protected-mode", "no"),
-            ("daemonize", "no"),
-            ("dir", str(self.workdir)),
-            ("logfile", '""'),
+            *self._base_settings(),
             ("save", '""'),
             ("appendonly", "no"),
             # A replica syncs straight over the socket, at once: no RDB file, no 5 s delay.
@@ -143,15 +149,7 @@ class SentinelServer(_RedisProtocolServer):
         self.failover_timeout_ms = failover_timeout_ms
 
     def write_config(self) -> None:
-        settings = [
-            ("port", str(self.port)),
-            ("bind", HOST),
-            ("protected-mode", "no"),
-            ("daemonize", "no"),
-            ("dir", str(self.workdir)),
-            ("logfile", '""'),
-            ("sentinel resolve-hostnames", "no"),
-        ]
+        settings = [*self._base_settings(), ("sentinel resolve-hostnames", "no")]
         for name, port in self.masters.items():
             settings += [
                 ("sentinel monitor", f"{name} {HOST} {port} {self.quorum}"),
