@@ -5,6 +5,12 @@ catch the library's failures in one clause without catching unrelated bugs::
 
     ShardcacheError
     ├── ConfigurationError        a setting is missing, malformed or contradictory
+    ├── InvalidKeyError           a key is not str/bytes, or is empty (also a ValueError)
+    ├── MissingKeyError           incr/decr of a key that does not exist (also a ValueError)
+    ├── SerializationError        a value cannot be encoded, or stored bytes cannot be decoded
+    ├── ShardError                a server-side problem on one shard (names the shard and key)
+    │   ├── ShardUnavailableError the shard cannot be reached: refused, timed out, pool exhausted
+    │   └── CommandError          the shard answered with an error (WRONGTYPE, not an integer...)
     └── LocalServerError          shardcache.testing could not run a local server
         ├── BinaryNotFoundError   the server program is not installed
         ├── PortInUseError        the chosen port was taken before the server bound it
@@ -17,10 +23,16 @@ from __future__ import annotations
 
 __all__ = [
     "BinaryNotFoundError",
+    "CommandError",
     "ConfigurationError",
+    "InvalidKeyError",
     "LocalServerError",
+    "MissingKeyError",
     "PortInUseError",
+    "SerializationError",
     "ServerNotReadyError",
+    "ShardError",
+    "ShardUnavailableError",
     "ShardcacheError",
 ]
 
@@ -31,6 +43,38 @@ class ShardcacheError(Exception):
 
 class ConfigurationError(ShardcacheError):
     """A setting is missing, malformed or contradictory."""
+
+
+class InvalidKeyError(ShardcacheError, ValueError):
+    """A key is not ``str`` or ``bytes``, or is empty."""
+
+
+class MissingKeyError(ShardcacheError, ValueError):
+    """``incr``/``decr`` of a key that does not exist (Django raises ``ValueError`` too)."""
+
+
+class SerializationError(ShardcacheError):
+    """A value cannot be serialized, or stored bytes cannot be decoded (corrupt, unsigned,
+    tampered, or written by an unknown serializer)."""
+
+
+class ShardError(ShardcacheError):
+    """A problem on one shard; ``shard`` names it and ``key`` is the key involved, if any."""
+
+    def __init__(self, message: str, *, shard: str = "", key: bytes | str | None = None) -> None:
+        where = f" on shard {shard}" if shard else ""
+        what = f" (key {key!r})" if key is not None else ""
+        super().__init__(f"{message}{where}{what}")
+        self.shard = shard
+        self.key = key
+
+
+class ShardUnavailableError(ShardError):
+    """The shard cannot be reached: connection refused or reset, timeout, pool exhausted."""
+
+
+class CommandError(ShardError):
+    """The shard answered with an error reply (WRONGTYPE, value is not an integer, ...)."""
 
 
 class LocalServerError(ShardcacheError):

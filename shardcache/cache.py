@@ -1,0 +1,396 @@
+"""The cache layer: one `Cache` over any Redis topology.
+
+Keys get the cache's prefix; values go through the `Codec` (plain integers, serializer,
+compressor, signature); multi-key calls are grouped by shard, one pipeline per shard, every
+shard's batch sent before any reply is read, so all shards work at once from one thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import redis.lock
+from redis.exceptions import NoScriptError
+
+from shardcache.codec import Codec
+from shardcache.compressors import COMPRESSORS, Compressor
+from shardcache.config import resolve_strategy
+from shardcache.errors import (
+    CommandError,
+    ConfigurationError,
+    InvalidKeyError,
+    MissingKeyError,
+    SerializationError,
+    ShardError,
+    ShardUnavailableError,
+)
+from shardcache.protocols import PendingBatch, Shard, Topology
+from shardcache.serializers import SERIALIZERS, Serializer
+
+__all__ = ["Cache"]
+
+logger = logging.getLogger("shardcache")
+
+T = TypeVar("T")
+Key = str | bytes
+
+# INCRBY only if the key exists, in one atomic step (INCRBY alone would create it at 0).
+_INCR_EXISTING = b"""
+if redis.call('EXISTS', KEYS[1]) == 1 then
+    return redis.call('INCRBY', KEYS[1], ARGV[1])
+end
+return false
+"""
+_INCR_SHA = hashlib.sha1(_INCR_EXISTING).hexdigest().encode()
+
+_GLOB_SPECIAL = frozenset(b"*?[]\\")
+_SCAN_BATCH = 1000
+
+
+class Cache:
+    """A cache over a sharded topology (`HashPool`, and the cluster and sentinel topologies).
+
+    ``ttl`` is in seconds (float allowed); ``None`` means no expiry; ``ttl <= 0`` means the
+    value is not kept (a ``set`` removes the key). ``prefix`` namespaces every key, and
+    `clear` removes only keys under it. ``serializer`` is ``"pickle"`` (default), ``"json"``,
+    ``"msgpack"``, a dotted path, a class or an instance; ``compressor`` is ``None``,
+    ``"zlib"``, ``"zstd"``, ``"lz4"`` or the same kinds of object, applied to values of at
+    least ``compress_threshold`` bytes. With ``signing_secret`` every value is signed
+    (HMAC-SHA256) and one that fails the check is a miss, never unpickled.
+
+    A value that cannot be decoded is a miss plus a logged warning. With
+    ``ignore_errors=True`` an unreachable shard is too: reads miss, writes return False.
+    """
+
+    def __init__(
+        self,
+        topology: Topology,
+        *,
+        prefix: str | bytes = "",
+        serializer: str | Serializer | type[Serializer] = "pickle",
+        compressor: str | Compressor | type[Compressor] | None = None,
+        compress_threshold: int = 1024,
+        signing_secret: str | bytes | None = None,
+        ignore_errors: bool = False,
+    ) -> None:
+        if not isinstance(topology, Topology):
+            raise ConfigurationError(f"{topology!r} does not implement the shard protocol")
+        self.topology = topology
+        self.prefix = prefix.encode() if isinstance(prefix, str) else bytes(prefix)
+        self.codec = Codec(
+            resolve_strategy(serializer, SERIALIZERS, "serializer"),
+            compressor=None
+            if compressor is None
+            else resolve_strategy(compressor, COMPRESSORS, "compressor"),
+            compress_threshold=compress_threshold,
+            signing_secret=signing_secret,
+        )
+        self.ignore_errors = ignore_errors
+
+    def __repr__(self) -> str:
+        return f"<Cache prefix={self.prefix!r} on {self.topology!r}>"
+
+    # --- keys, values, failures --------------------------------------------------------------
+
+    def make_key(self, key: Key) -> bytes:
+        """The stored key: the prefix, then ``key`` (str is encoded as UTF-8)."""
+        if isinstance(key, str):
+            data = key.encode()
+        elif isinstance(key, bytes):
+            data = key
+        else:
+            raise InvalidKeyError(f"cache keys are str or bytes, not {type(key).__name__}")
+        if not data:
+            raise InvalidKeyError("cache keys cannot be empty")
+        return self.prefix + data
+
+    def _decode(self, raw: bytes, key: bytes, default: Any) -> Any:
+        try:
+            return self.codec.decode(raw, key)
+        except SerializationError as exc:
+            logger.warning("shardcache: unreadable value under %r treated as a miss: %s", key, exc)
+            return default
+
+    def _unavailable(self, exc: ShardUnavailableError, fallback: T) -> T:
+        if not self.ignore_errors:
+            raise exc
+        logger.warning("shardcache: %s; ignored (ignore_errors=True)", exc)
+        return fallback
+
+    def _run(self, key: bytes, fallback: Any, *args: Any, idempotent: bool = False) -> Any:
+        """One command on the shard of ``key``, under the failure policy."""
+        try:
+            return self.topology.shard_for(key).execute(*args, key=key, idempotent=idempotent)
+        except ShardUnavailableError as exc:
+            return self._unavailable(exc, fallback)
+
+    def _fan_out(
+        self, commands: Mapping[Shard, Sequence[Sequence[Any]]]
+    ) -> dict[Shard, list[Any] | ShardUnavailableError]:
+        """Send each shard its commands, then read every reply; a shard that fails gives its
+        error in place of its replies, so the others still answer."""
+        pending: list[tuple[Shard, PendingBatch | ShardUnavailableError]] = []
+        for shard, batch in commands.items():
+            try:
+                pending.append((shard, shard.begin(batch)))
+            except ShardUnavailableError as exc:
+                pending.append((shard, exc))
+        results: dict[Shard, list[Any] | ShardUnavailableError] = {}
+        for shard, started in pending:
+            if isinstance(started, ShardUnavailableError):
+                results[shard] = started
+                continue
+            try:
+                results[shard] = started.finish()
+            except ShardUnavailableError as exc:
+                results[shard] = exc
+        return results
+
+    @staticmethod
+    def _px(ttl: float) -> int:
+        return max(1, math.ceil(ttl * 1000))
+
+    # --- single keys -----------------------------------------------------------------------
+
+    def get(self, key: Key, default: Any = None) -> Any:
+        """The value of ``key``, or ``default`` when it is missing or unreadable."""
+        k = self.make_key(key)
+        raw = self._run(k, None, b"GET", k, idempotent=True)
+        return default if raw is None else self._decode(raw, k, default)
+
+    def set(self, key: Key, value: Any, ttl: float | None = None) -> bool:
+        """Store ``value`` under ``key``; True when stored."""
+        k = self.make_key(key)
+        if ttl is not None and ttl <= 0:
+            self._run(k, 0, b"DEL", k)
+            return True
+        data = self.codec.encode(value, k)
+        if ttl is None:
+            return self._run(k, None, b"SET", k, data) is not None
+        return self._run(k, None, b"SET", k, data, b"PX", self._px(ttl)) is not None
+
+    def add(self, key: Key, value: Any, ttl: float | None = None) -> bool:
+        """Store ``value`` only if ``key`` is absent (atomic: usable as a lock); True if stored."""
+        k = self.make_key(key)
+        data = self.codec.encode(value, k)
+        if ttl is None:
+            return self._run(k, None, b"SET", k, data, b"NX") is not None
+        if ttl <= 0:  # as Django: report whether it would have been added, keep nothing
+            added = self._run(k, None, b"SET", k, data, b"NX") is not None
+            if added:
+                self._run(k, 0, b"DEL", k)
+            return added
+        return self._run(k, None, b"SET", k, data, b"NX", b"PX", self._px(ttl)) is not None
+
+    def delete(self, key: Key) -> bool:
+        """Remove ``key``; True if it existed."""
+        k = self.make_key(key)
+        return bool(self._run(k, 0, b"DEL", k))
+
+    def has(self, key: Key) -> bool:
+        k = self.make_key(key)
+        return bool(self._run(k, 0, b"EXISTS", k, idempotent=True))
+
+    def incr(self, key: Key, delta: int = 1) -> int:
+        """Add ``delta`` to the integer under ``key`` atomically on the server and return the
+        new value. `MissingKeyError` (a ValueError) when the key does not exist;
+        `CommandError` when its value is not an integer."""
+        k = self.make_key(key)
+        shard = self.topology.shard_for(k)
+        try:
+            try:
+                result = shard.execute(b"EVALSHA", _INCR_SHA, 1, k, delta, key=k)
+            except CommandError as exc:
+                if not isinstance(exc.__cause__, NoScriptError):
+                    raise
+                result = shard.execute(b"EVAL", _INCR_EXISTING, 1, k, delta, key=k)
+        except ShardUnavailableError as exc:
+            self._unavailable(exc, None)
+            result = None
+        if result is None:
+            raise MissingKeyError(f"key {key!r} not found")
+        return int(result)
+
+    def decr(self, key: Key, delta: int = 1) -> int:
+        """`incr` by ``-delta``."""
+        return self.incr(key, -delta)
+
+    def touch(self, key: Key, ttl: float | None = None) -> bool:
+        """Give ``key`` a new time to live (``None``: no expiry); True if the key exists."""
+        k = self.make_key(key)
+        if ttl is not None and ttl <= 0:
+            return bool(self._run(k, 0, b"DEL", k))
+        if ttl is None:
+            return self.persist(key)
+        return bool(self._run(k, 0, b"PEXPIRE", k, self._px(ttl)))
+
+    def expire(self, key: Key, ttl: float | None) -> bool:
+        """`touch`, under django-redis's name."""
+        return self.touch(key, ttl)
+
+    def persist(self, key: Key) -> bool:
+        """Remove ``key``'s expiry; True if the key exists."""
+        k = self.make_key(key)
+        try:
+            _, exists = self.topology.shard_for(k).pipeline([(b"PERSIST", k), (b"EXISTS", k)])
+        except ShardUnavailableError as exc:
+            return self._unavailable(exc, False)
+        return bool(exists)
+
+    def ttl(self, key: Key) -> float | None:
+        """Seconds left before ``key`` expires; ``None`` if it never does; 0.0 if it is missing."""
+        k = self.make_key(key)
+        ms = self._run(k, -2, b"PTTL", k, idempotent=True)
+        if ms == -1:
+            return None
+        return max(0.0, float(ms) / 1000)
+
+    def lock(
+        self,
+        key: Key,
+        timeout: float | None = None,
+        blocking_timeout: float | None = None,
+        sleep: float = 0.1,
+    ) -> redis.lock.Lock:
+        """A redis-py ``Lock`` named ``key`` on the shard of ``key`` (use it as ``with``)."""
+        k = self.make_key(key)
+        client = self.topology.shard_for(k).client()
+        # redis-py annotates the name as str, but sends bytes as they are.
+        name: Any = k
+        return redis.lock.Lock(
+            client, name, timeout=timeout, blocking_timeout=blocking_timeout, sleep=sleep
+        )
+
+    # --- many keys -----------------------------------------------------------------------------
+
+    def _keys(self, keys: Iterable[Key]) -> tuple[list[Key], list[bytes]]:
+        originals = list(keys)
+        return originals, [self.make_key(key) for key in originals]
+
+    def get_many(self, keys: Iterable[Key]) -> dict[Key, Any]:
+        """The values of the ``keys`` that exist, in the caller's order: one MGET per shard."""
+        originals, made = self._keys(keys)
+        if not made:
+            return {}
+        groups = self.topology.group(made)
+        commands = {shard: [(b"MGET", *run) for run in runs] for shard, runs in groups.items()}
+        found: dict[bytes, bytes] = {}
+        for shard, replies in self._fan_out(commands).items():
+            if isinstance(replies, ShardUnavailableError):
+                self._unavailable(replies, None)
+                continue
+            for run, values in zip(groups[shard], replies, strict=True):
+                if isinstance(values, ShardError):
+                    raise values
+                found.update(zip(run, values, strict=True))
+        missing = object()
+        result: dict[Key, Any] = {}
+        for original, k in zip(originals, made, strict=True):
+            raw = found.get(k)
+            if raw is not None:
+                value = self._decode(raw, k, missing)
+                if value is not missing:
+                    result[original] = value
+        return result
+
+    def set_many(self, mapping: Mapping[Key, Any], ttl: float | None = None) -> list[Key]:
+        """Store every item (one pipeline of SET per shard); return the keys that failed."""
+        originals, made = self._keys(mapping)
+        if not made:
+            return []
+        if ttl is not None and ttl <= 0:
+            self.delete_many(originals)
+            return []
+        original_of = dict(zip(made, originals, strict=True))
+        expiry: tuple[Any, ...] = () if ttl is None else (b"PX", self._px(ttl))
+        encoded = {k: self.codec.encode(mapping[o], k) for k, o in original_of.items()}
+        groups = self.topology.group(made)
+        commands = {
+            shard: [(b"SET", k, encoded[k], *expiry) for run in runs for k in run]
+            for shard, runs in groups.items()
+        }
+        failed: list[Key] = []
+        for shard, replies in self._fan_out(commands).items():
+            keys = [k for run in groups[shard] for k in run]
+            if isinstance(replies, ShardUnavailableError):
+                self._unavailable(replies, None)
+                failed += [original_of[k] for k in keys]
+                continue
+            failed += [original_of[k] for k, ok in zip(keys, replies, strict=True) if ok != b"OK"]
+        return failed
+
+    def delete_many(self, keys: Iterable[Key]) -> int:
+        """Remove the ``keys``; return how many existed. One DEL per shard (per slot)."""
+        _, made = self._keys(keys)
+        if not made:
+            return 0
+        groups = self.topology.group(made)
+        commands = {shard: [(b"DEL", *run) for run in runs] for shard, runs in groups.items()}
+        deleted = 0
+        for replies in self._fan_out(commands).values():
+            if isinstance(replies, ShardUnavailableError):
+                self._unavailable(replies, None)
+                continue
+            for reply in replies:
+                if isinstance(reply, ShardError):
+                    raise reply
+                deleted += reply
+        return deleted
+
+    # --- the whole cache ---------------------------------------------------------------------
+
+    def clear(self, *, flush: bool = False) -> int:
+        """Delete every key under the prefix on every shard (SCAN + UNLINK in batches) and
+        return how many. Without a prefix this would empty whole databases, so it is
+        refused unless ``flush=True``, which runs FLUSHDB on every shard (returns 0)."""
+        if not self.prefix:
+            if not flush:
+                raise ConfigurationError(
+                    "this cache has no prefix: clear() would empty every shard's database; "
+                    "call clear(flush=True) to do that"
+                )
+            for shard in self.topology.shards():
+                try:
+                    shard.execute(b"FLUSHDB")
+                except ShardUnavailableError as exc:
+                    self._unavailable(exc, None)
+            return 0
+        pattern = _glob_escape(self.prefix) + b"*"
+        removed = 0
+        for shard in self.topology.shards():
+            try:
+                batch: list[bytes] = []
+                for key in shard.scan(pattern, _SCAN_BATCH):
+                    batch.append(key)
+                    if len(batch) == _SCAN_BATCH:
+                        removed += _unlink(shard, batch)
+                        batch = []
+                removed += _unlink(shard, batch)
+            except ShardUnavailableError as exc:
+                self._unavailable(exc, None)
+        return removed
+
+    def close(self) -> None:
+        """Close the topology's connections."""
+        self.topology.close()
+
+
+def _glob_escape(text: bytes) -> bytes:
+    """``text`` as a literal in a SCAN MATCH pattern."""
+    out = bytearray()
+    for byte in text:
+        if byte in _GLOB_SPECIAL:
+            out.append(0x5C)  # backslash
+        out.append(byte)
+    return bytes(out)
+
+
+def _unlink(shard: Shard, keys: list[bytes]) -> int:
+    # One UNLINK per key in one pipeline: valid on a cluster too, where keys span slots.
+    if not keys:
+        return 0
+    return sum(r for r in shard.pipeline([(b"UNLINK", k) for k in keys]) if isinstance(r, int))

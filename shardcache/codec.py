@@ -1,0 +1,126 @@
+"""How a value is stored: plain integers, or a one-byte header and a serialized payload.
+
+Integers (``type(v) is int``) are stored as their decimal digits so that INCR/DECR work on
+them and ``get`` returns an int. Everything else is::
+
+    header (1 byte) [HMAC-SHA256 (32 bytes), when signed] payload
+
+The header is ``0b101S_SSCC``-shaped: ``0xA0`` tags it (never an ASCII digit or ``-``, so never
+mistaken for an integer), bit 4 says "signed", bits 2-3 name the serializer and bits 0-1 the
+compressor (0 = none). A reader therefore decompresses whatever the writer chose, so the
+compression settings can change at any time. The signature covers the key as well as the
+value, so a signed value cannot be replayed under another key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Any
+
+from shardcache.compressors import COMPRESSORS, Compressor, ZlibCompressor
+from shardcache.errors import ConfigurationError, SerializationError
+from shardcache.serializers import Serializer
+
+__all__ = ["Codec"]
+
+TAG = 0xA0
+TAG_MASK = 0xE0
+SIGNED = 0x10
+SIGNATURE_SIZE = 32
+_DIGIT_START = frozenset(b"-0123456789")
+
+
+class Codec:
+    """Encodes values for storage and decodes stored bytes; see the module docstring."""
+
+    def __init__(
+        self,
+        serializer: Serializer,
+        *,
+        compressor: Compressor | None = None,
+        compress_threshold: int = 1024,
+        signing_secret: bytes | str | None = None,
+    ) -> None:
+        if compress_threshold < 0:
+            raise ConfigurationError("compress_threshold must be >= 0")
+        if isinstance(signing_secret, str):
+            signing_secret = signing_secret.encode()
+        if signing_secret is not None and len(signing_secret) < 16:
+            raise ConfigurationError("signing_secret must be at least 16 bytes long")
+        self.serializer = serializer
+        self.compressor = compressor
+        self.compress_threshold = compress_threshold
+        self._secret = signing_secret
+        self._header_base = TAG | (SIGNED if signing_secret else 0) | (serializer.id << 2)
+        self._decompressors: dict[int, Compressor] = {ZlibCompressor.id: ZlibCompressor()}
+        if compressor is not None:
+            self._decompressors[compressor.id] = compressor
+
+    def encode(self, value: Any, key: bytes) -> bytes:
+        if type(value) is int:
+            return b"%d" % value
+        try:
+            payload = self.serializer.dumps(value)
+        except Exception as exc:
+            raise SerializationError(f"cannot serialize {type(value).__name__}: {exc}") from exc
+        header = self._header_base
+        compressor = self.compressor
+        if compressor is not None and len(payload) >= self.compress_threshold:
+            packed = compressor.compress(payload)
+            if len(packed) < len(payload):
+                payload = packed
+                header |= compressor.id
+        head = bytes((header,))
+        if self._secret is None:
+            return head + payload
+        return head + self._sign(key, head, payload) + payload
+
+    def decode(self, data: bytes, key: bytes) -> Any:
+        """The stored value; `SerializationError` if the bytes are not a value we can trust."""
+        if not data:
+            raise SerializationError("empty value")
+        header = data[0]
+        if header & TAG_MASK != TAG:
+            if header in _DIGIT_START:
+                try:
+                    return int(data)
+                except ValueError:
+                    pass
+            raise SerializationError("not a value written by shardcache")
+        body = data[1:]
+        if header & SIGNED:
+            signature, body = body[:SIGNATURE_SIZE], body[SIGNATURE_SIZE:]
+            if self._secret is not None and not hmac.compare_digest(
+                signature, self._sign(key, data[:1], body)
+            ):
+                raise SerializationError("signature mismatch: value tampered with or foreign")
+        elif self._secret is not None:
+            raise SerializationError("unsigned value where signed values are required")
+        if (header >> 2) & 0x3 != self.serializer.id:
+            raise SerializationError(f"written by another serializer (id {(header >> 2) & 0x3})")
+        try:
+            if header & 0x3:
+                body = self._decompressor(header & 0x3).decompress(body)
+            return self.serializer.loads(body)
+        except SerializationError:
+            raise
+        except Exception as exc:
+            raise SerializationError(f"cannot decode: {exc!r}") from exc
+
+    def _sign(self, key: bytes, head: bytes, payload: bytes) -> bytes:
+        assert self._secret is not None
+        return hmac.new(self._secret, key + b"\0" + head + payload, hashlib.sha256).digest()
+
+    def _decompressor(self, compressor_id: int) -> Compressor:
+        found = self._decompressors.get(compressor_id)
+        if found is None:
+            for cls in COMPRESSORS.values():
+                if cls.id == compressor_id:
+                    try:
+                        found = self._decompressors[compressor_id] = cls()
+                    except ConfigurationError as exc:
+                        raise SerializationError(str(exc)) from exc
+        if found is None:
+            raise SerializationError(f"unknown compressor id {compressor_id}")
+        return found

@@ -1,0 +1,271 @@
+"""One Redis server as a shard: a lean pool of redis-py connections, commands and batches.
+
+Why our own pool: redis-py's ``Redis.get`` spends about half its time outside the socket, in
+its pool checkout, retry and response-callback layers. The hot path here drives redis-py
+``Connection`` objects directly (``pack_command`` / ``send_packed_command`` /
+``read_response``): redis-py still owns the protocol, the hiredis parser, AUTH and TLS; we own
+only checkout, return and the failure policy. Everything else (locks, scripts, admin) goes
+through a full ``redis.Redis`` client built from the same settings (`RedisShard.client`).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import redis
+from redis.connection import AbstractConnection
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from shardcache.errors import CommandError, ShardUnavailableError
+
+__all__ = ["Batch", "ConnectionPool", "RedisShard"]
+
+# Socket-level failures: the connection is unusable and the outcome of the command unknown.
+IO_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+class ConnectionPool:
+    """A bounded LIFO pool of redis-py connections, safe across threads and ``fork()``.
+
+    Checkout and return are a lock-free ``deque`` pop/append (atomic under the GIL); only when
+    the pool is empty does a caller take the lock, to create a connection or wait for one
+    for at most ``timeout`` seconds.
+    """
+
+    def __init__(
+        self,
+        factory: Callable[[], AbstractConnection],
+        *,
+        max_connections: int,
+        timeout: float,
+        name: str = "",
+    ) -> None:
+        if max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
+        self._factory = factory
+        self._max = max_connections
+        self._timeout = timeout
+        self._name = name
+        self._idle: deque[AbstractConnection] = deque()
+        self._created = 0
+        self._waiters = 0
+        self._cond = threading.Condition(threading.Lock())
+        self._pid = os.getpid()
+
+    def acquire(self) -> AbstractConnection:
+        if self._pid != os.getpid():
+            self._after_fork()
+        try:
+            return self._idle.pop()
+        except IndexError:
+            return self._acquire_slow()
+
+    def _acquire_slow(self) -> AbstractConnection:
+        with self._cond:
+            self._waiters += 1
+            try:
+                ok = self._cond.wait_for(self._can_proceed, timeout=self._timeout)
+            finally:
+                self._waiters -= 1
+            if not ok:
+                raise ShardUnavailableError(
+                    f"connection pool exhausted ({self._max} in use for {self._timeout:g}s)",
+                    shard=self._name,
+                )
+            try:
+                return self._idle.pop()
+            except IndexError:
+                self._created += 1
+        try:
+            return self._factory()
+        except BaseException:
+            self._forget_one()
+            raise
+
+    def _can_proceed(self) -> bool:
+        return bool(self._idle) or self._created < self._max
+
+    def release(self, conn: AbstractConnection) -> None:
+        if self._pid != os.getpid():
+            return  # a connection of the parent process: never reuse its socket here
+        self._idle.append(conn)
+        if self._waiters:
+            with self._cond:
+                self._cond.notify()
+
+    def discard(self, conn: AbstractConnection) -> None:
+        """Close a connection that failed, and forget every idle one: after a socket error
+        (server restarted, failed over) they are most likely broken too."""
+        conn.disconnect()
+        self._forget_one()
+        self.reset()
+
+    def _forget_one(self) -> None:
+        with self._cond:
+            self._created -= 1
+            self._cond.notify()
+
+    def reset(self) -> None:
+        """Close every idle connection (those in use are closed when they come back broken)."""
+        while True:
+            try:
+                conn = self._idle.pop()
+            except IndexError:
+                return
+            conn.disconnect()
+            self._forget_one()
+
+    def _after_fork(self) -> None:
+        # The child inherits the parent's sockets: drop them unused (redis-py's disconnect
+        # does not shut down a socket owned by another pid) and start an empty pool.
+        with self._cond:
+            self._idle.clear()
+            self._created = 0
+            self._pid = os.getpid()
+
+    @property
+    def in_use(self) -> int:
+        return self._created - len(self._idle)
+
+
+class Batch:
+    """Commands sent to one shard in one write, whose replies are read by `finish`.
+
+    Sending every shard's batch before reading any reply lets all shards work at once from a
+    single thread (scatter, then gather).
+    """
+
+    __slots__ = ("_conn", "_count", "shard")
+
+    def __init__(self, shard: RedisShard, conn: AbstractConnection, count: int) -> None:
+        self.shard = shard
+        self._conn = conn
+        self._count = count
+
+    def finish(self) -> list[Any]:
+        """The replies in order; an error reply is a `CommandError` in its place."""
+        conn = self._conn
+        replies: list[Any] = []
+        try:
+            for _ in range(self._count):
+                try:
+                    replies.append(conn.read_response())
+                except ResponseError as exc:
+                    replies.append(CommandError(str(exc), shard=self.shard.id))
+        except IO_ERRORS as exc:
+            self.shard.pool.discard(conn)
+            raise ShardUnavailableError(str(exc), shard=self.shard.id) from exc
+        except BaseException:
+            self.shard.pool.discard(conn)
+            raise
+        self.shard.pool.release(conn)
+        return replies
+
+
+class RedisShard:
+    """One Redis server (or the current master of a named group) holding part of the keys."""
+
+    def __init__(
+        self,
+        shard_id: str,
+        connection_kwargs: dict[str, Any],
+        *,
+        max_connections: int = 64,
+        pool_timeout: float = 5.0,
+    ) -> None:
+        self.id = shard_id
+        kwargs = dict(connection_kwargs)
+        connection_class = kwargs.pop("connection_class", redis.Connection)
+        self._connection_class = connection_class
+        self._kwargs = kwargs
+        self._max_connections = max_connections
+        self.pool = ConnectionPool(
+            lambda: connection_class(**kwargs),
+            max_connections=max_connections,
+            timeout=pool_timeout,
+            name=shard_id,
+        )
+        self._client: redis.Redis | None = None
+        self._client_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<RedisShard {self.id}>"
+
+    def execute(self, *args: Any, key: bytes | None = None, idempotent: bool = False) -> Any:
+        """Run one command and return its reply.
+
+        A reply error raises `CommandError`; a socket error raises `ShardUnavailableError`,
+        except that an ``idempotent`` command whose pooled connection turned out to be dead
+        (server restarted, idle timeout) is retried once on a fresh connection.
+        """
+        pool = self.pool
+        conn = pool.acquire()
+        reused = conn._sock is not None
+        try:
+            conn.send_packed_command(conn.pack_command(*args), check_health=False)
+            reply = conn.read_response()
+        except ResponseError as exc:
+            pool.release(conn)
+            raise CommandError(str(exc), shard=self.id, key=key) from exc
+        except IO_ERRORS as exc:
+            pool.discard(conn)
+            if idempotent and reused:
+                return self.execute(*args, key=key, idempotent=False)
+            raise ShardUnavailableError(str(exc), shard=self.id, key=key) from exc
+        except BaseException:
+            pool.discard(conn)
+            raise
+        pool.release(conn)
+        return reply
+
+    def begin(self, commands: Sequence[Sequence[Any]]) -> Batch:
+        """Send ``commands`` in one write; read their replies with `Batch.finish`."""
+        conn = self.pool.acquire()
+        try:
+            conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+        except IO_ERRORS as exc:
+            self.pool.discard(conn)
+            raise ShardUnavailableError(str(exc), shard=self.id) from exc
+        except BaseException:
+            self.pool.discard(conn)
+            raise
+        return Batch(self, conn, len(commands))
+
+    def pipeline(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        """Run ``commands`` in one round trip; error replies come back as `CommandError`."""
+        return self.begin(commands).finish()
+
+    def scan(self, match: bytes, count: int = 1000) -> Iterator[bytes]:
+        """Every key matching the glob ``match`` (SCAN, never KEYS)."""
+        cursor = b"0"
+        while True:
+            cursor, keys = self.execute(b"SCAN", cursor, b"MATCH", match, b"COUNT", count)
+            yield from keys
+            if cursor in (b"0", 0):
+                return
+
+    def client(self) -> redis.Redis:
+        """A full redis-py client on this server (same settings), for locks and admin."""
+        with self._client_lock:
+            if self._client is None:
+                pool = redis.ConnectionPool(
+                    connection_class=self._connection_class,
+                    max_connections=self._max_connections,
+                    **self._kwargs,
+                )
+                self._client = redis.Redis(connection_pool=pool)
+            return self._client
+
+    def close(self) -> None:
+        self.pool.reset()
+        with self._client_lock:
+            if self._client is not None:
+                self._client.close()
+                self._client.connection_pool.disconnect()
+                self._client = None

@@ -1,0 +1,250 @@
+"""The behaviour every `Cache` must show, whatever the topology under it.
+
+A concrete test class subclasses `CacheContract` and provides two fixtures: ``cache`` (a
+`Cache` with the prefix ``"t:"`` on real servers, emptied first) and ``raw`` (a function
+``raw(key) -> redis.Redis`` giving a plain client on the server holding ``key``).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from datetime import date
+from typing import Any
+
+import pytest
+import redis
+
+from shardcache import Cache, CommandError, InvalidKeyError, MissingKeyError
+from shardcache.errors import ConfigurationError
+
+RawClient = Callable[[bytes], redis.Redis]
+
+VALUES: list[Any] = [
+    "text",
+    "ünïcødé",
+    b"\x00\xffbytes",
+    1.5,
+    None,
+    True,
+    [1, "two", 3.0],
+    {"nested": {"list": [1, 2]}},
+    date(2026, 11, 27),
+    "x" * 100_000,
+]
+
+
+class CacheContract:
+    @pytest.fixture
+    def cache(self) -> Cache:
+        raise NotImplementedError("a concrete test class provides the cache fixture")
+
+    @pytest.fixture
+    def raw(self) -> RawClient:
+        raise NotImplementedError("a concrete test class provides the raw fixture")
+
+    # --- get / set / add / delete -----------------------------------------------------------
+
+    @pytest.mark.parametrize("value", VALUES, ids=lambda v: type(v).__name__)
+    def test_set_then_get_returns_an_equal_value(self, cache: Cache, value: Any) -> None:
+        assert cache.set("k", value) is True
+        assert cache.get("k") == value
+
+    def test_get_missing_returns_default(self, cache: Cache) -> None:
+        assert cache.get("missing") is None
+        assert cache.get("missing", "fallback") == "fallback"
+
+    def test_str_and_bytes_keys_are_the_same_key(self, cache: Cache) -> None:
+        cache.set("ключ", 1)
+        assert cache.get("ключ".encode()) == 1
+
+    def test_keys_are_stored_under_the_prefix(self, cache: Cache, raw: RawClient) -> None:
+        cache.set("k", "v")
+        assert raw(b"t:k").exists(b"t:k") == 1
+        assert raw(b"k").exists(b"k") == 0
+
+    def test_integers_are_plain_on_the_server(self, cache: Cache, raw: RawClient) -> None:
+        cache.set("n", 41)
+        assert raw(b"t:n").get(b"t:n") == b"41"
+        assert raw(b"t:n").incr(b"t:n") == 42
+        assert cache.get("n") == 42
+
+    def test_set_with_ttl_expires(self, cache: Cache) -> None:
+        cache.set("k", "v", ttl=0.2)
+        assert cache.get("k") == "v"
+        deadline = time.monotonic() + 10
+        while cache.get("k") is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert cache.get("k") is None
+
+    def test_set_with_ttl_zero_or_less_removes_the_key(self, cache: Cache) -> None:
+        cache.set("k", "v")
+        assert cache.set("k", "new", ttl=0) is True
+        assert cache.has("k") is False
+
+    def test_add_only_stores_when_absent(self, cache: Cache) -> None:
+        assert cache.add("k", "first") is True
+        assert cache.add("k", "second") is False
+        assert cache.get("k") == "first"
+        assert cache.add("t", "v", ttl=5) is True
+        assert 0 < (cache.ttl("t") or 0) <= 5
+
+    def test_add_with_ttl_zero_keeps_nothing(self, cache: Cache) -> None:
+        assert cache.add("k", "v", ttl=0) is True
+        assert cache.has("k") is False
+
+    def test_add_is_atomic_under_concurrency(self, cache: Cache) -> None:
+        winners = []
+
+        def contend(i: int) -> None:
+            if cache.add("lock", i):
+                winners.append(i)
+
+        threads = [threading.Thread(target=contend, args=(i,)) for i in range(16)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert len(winners) == 1
+
+    def test_delete_reports_whether_the_key_existed(self, cache: Cache) -> None:
+        cache.set("k", "v")
+        assert cache.delete("k") is True
+        assert cache.delete("k") is False
+        assert cache.get("k") is None
+
+    def test_has(self, cache: Cache) -> None:
+        assert cache.has("k") is False
+        cache.set("k", None)  # a stored None is still a key
+        assert cache.has("k") is True
+
+    def test_bad_keys_are_typed_errors(self, cache: Cache) -> None:
+        with pytest.raises(InvalidKeyError, match="str or bytes"):
+            cache.get(42)  # type: ignore[arg-type]
+        with pytest.raises(InvalidKeyError, match="empty"):
+            cache.set("", "v")
+
+    # --- counters ----------------------------------------------------------------------------
+
+    def test_incr_and_decr_are_atomic_on_the_server(self, cache: Cache) -> None:
+        cache.set("n", 0)
+
+        def bump() -> None:
+            for _ in range(100):
+                cache.incr("n")
+
+        threads = [threading.Thread(target=bump) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert cache.get("n") == 400
+        assert cache.incr("n", 10) == 410
+        assert cache.decr("n", 20) == 390
+        assert cache.decr("n") == 389
+
+    def test_incr_of_a_missing_key_raises_and_creates_nothing(self, cache: Cache) -> None:
+        with pytest.raises(MissingKeyError, match="not found"):
+            cache.incr("missing")
+        with pytest.raises(ValueError, match="not found"):  # as Django's backends do
+            cache.decr("missing")
+        assert cache.has("missing") is False
+
+    def test_incr_of_a_non_integer_is_a_command_error(self, cache: Cache) -> None:
+        cache.set("s", "text")
+        with pytest.raises(CommandError, match="not an integer"):
+            cache.incr("s")
+        assert cache.get("s") == "text"
+
+    def test_incr_keeps_the_ttl(self, cache: Cache) -> None:
+        cache.set("n", 1, ttl=60)
+        cache.incr("n")
+        assert 0 < (cache.ttl("n") or 0) <= 60
+
+    # --- expiry ------------------------------------------------------------------------------
+
+    def test_ttl_reports_seconds_none_or_zero(self, cache: Cache) -> None:
+        assert cache.ttl("missing") == 0.0
+        cache.set("forever", 1)
+        assert cache.ttl("forever") is None
+        cache.set("soon", 1, ttl=30)
+        assert 29 < (cache.ttl("soon") or 0) <= 30
+
+    def test_touch_expire_and_persist(self, cache: Cache) -> None:
+        assert cache.touch("missing", 10) is False
+        cache.set("k", "v")
+        assert cache.touch("k", 10) is True
+        assert 9 < (cache.ttl("k") or 0) <= 10
+        assert cache.persist("k") is True
+        assert cache.ttl("k") is None
+        assert cache.expire("k", 5) is True
+        assert 4 < (cache.ttl("k") or 0) <= 5
+        assert cache.touch("k", None) is True
+        assert cache.ttl("k") is None
+        assert cache.persist("missing") is False
+        assert cache.touch("k", 0) is True
+        assert cache.has("k") is False
+
+    # --- many keys ---------------------------------------------------------------------------
+
+    def test_get_many_returns_found_keys_in_the_callers_order(self, cache: Cache) -> None:
+        items = {f"key{i}": i * 1.5 for i in range(50)}
+        assert cache.set_many(items) == []
+        asked = [f"key{i}" for i in reversed(range(60))]
+        got = cache.get_many(asked)
+        assert list(got) == [k for k in asked if k in items]
+        assert got == {k: items[k] for k in asked if k in items}
+        assert cache.get_many([]) == {}
+
+    def test_set_many_with_ttl(self, cache: Cache) -> None:
+        assert cache.set_many({"a": 1, "b": "two"}, ttl=30) == []
+        assert cache.get_many(["a", "b"]) == {"a": 1, "b": "two"}
+        assert 29 < (cache.ttl("b") or 0) <= 30
+        assert cache.set_many({"a": 1}, ttl=0) == []
+        assert cache.has("a") is False
+
+    def test_delete_many_counts_what_existed(self, cache: Cache) -> None:
+        cache.set_many({f"k{i}": i for i in range(30)})
+        assert cache.delete_many([f"k{i}" for i in range(40)]) == 30
+        assert cache.get_many([f"k{i}" for i in range(30)]) == {}
+        assert cache.delete_many([]) == 0
+
+    # --- clear, locks, decoding failures ------------------------------------------------------
+
+    def test_clear_removes_only_this_prefix(self, cache: Cache, raw: RawClient) -> None:
+        cache.set_many({f"k{i}": i for i in range(2500)})  # more than one SCAN/UNLINK batch
+        other = Cache(cache.topology, prefix="other:")
+        other.set_many({f"k{i}": i for i in range(20)})
+        raw(b"t*x").set(b"t*x", b"glob chars in a key that is not ours")
+        assert cache.clear() == 2500
+        assert cache.get_many([f"k{i}" for i in range(2500)]) == {}
+        assert len(other.get_many([f"k{i}" for i in range(20)])) == 20
+        assert raw(b"t*x").get(b"t*x") is not None
+
+    def test_clear_without_prefix_needs_flush(self, cache: Cache) -> None:
+        bare = Cache(cache.topology)
+        bare.set("k", 1)
+        with pytest.raises(ConfigurationError, match="flush=True"):
+            bare.clear()
+        assert bare.get("k") == 1
+        bare.clear(flush=True)
+        assert bare.get("k") is None
+
+    def test_lock_excludes_a_second_holder(self, cache: Cache) -> None:
+        first = cache.lock("job", timeout=5)
+        assert first.acquire(blocking=False)
+        second = cache.lock("job", timeout=5, blocking_timeout=0.1)
+        assert not second.acquire()
+        first.release()
+        assert second.acquire()
+        second.release()
+
+    def test_corrupt_bytes_read_back_as_a_miss_with_a_warning(
+        self, cache: Cache, raw: RawClient, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        raw(b"t:bad").set(b"t:bad", b"\xa0garbage that is not a pickle")
+        raw(b"t:text").set(b"t:text", b"written by another program")
+        assert cache.get("bad", "default") == "default"
+        assert cache.get_many(["bad", "text"]) == {}
+        assert "unreadable value" in caplog.text
