@@ -1,6 +1,6 @@
 """How fast do the local topologies come up and go away? (target: the full set under 15 s)
 
-    ./dev bench [--runs N]
+    python -m bench startup [--runs N]
 
 Starts the full local set (3 standalone redis, a 6-node cluster, 4 redis + 3 sentinels,
 3 memcached) ``--runs`` times and prints start and stop times per part. It also forms the
@@ -44,10 +44,10 @@ def summary(label: str, samples: list[float]) -> str:
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench startup", description=__doc__)
     parser.add_argument("--runs", type=int, default=3)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     starts: dict[str, list[float]] = {}
     stops: list[float] = []

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import redis.lock
 from redis.exceptions import NoScriptError
 
-from shardcache.codec import Codec
+from shardcache.codec import MISSING, Codec
 from shardcache.compressors import COMPRESSORS, Compressor
 from shardcache.config import resolve_strategy
 from shardcache.errors import (
@@ -37,6 +37,7 @@ logger = logging.getLogger("shardcache")
 
 T = TypeVar("T")
 Key = str | bytes
+KeyT = TypeVar("KeyT", bound=str | bytes)
 
 # INCRBY only if the key exists, in one atomic step (INCRBY alone would create it at 0).
 _INCR_EXISTING = b"""
@@ -112,8 +113,12 @@ class Cache:
         try:
             return self.codec.decode(raw, key)
         except SerializationError as exc:
-            logger.warning("shardcache: unreadable value under %r treated as a miss: %s", key, exc)
+            self._warn_unreadable(key, exc)
             return default
+
+    @staticmethod
+    def _warn_unreadable(key: bytes, exc: SerializationError) -> None:
+        logger.warning("shardcache: unreadable value under %r treated as a miss: %s", key, exc)
 
     def _unavailable(self, exc: ShardUnavailableError, fallback: T) -> T:
         if not self.ignore_errors:
@@ -267,11 +272,18 @@ class Cache:
 
     # --- many keys -----------------------------------------------------------------------------
 
-    def _keys(self, keys: Iterable[Key]) -> tuple[list[Key], list[bytes]]:
+    def _keys(self, keys: Iterable[KeyT]) -> tuple[list[KeyT], list[bytes]]:
         originals = list(keys)
-        return originals, [self.make_key(key) for key in originals]
+        prefix = self.prefix
+        try:  # the common case, all str keys, in one comprehension
+            made = [prefix + key.encode() for key in originals]  # type: ignore[union-attr]
+        except AttributeError:
+            return originals, [self.make_key(key) for key in originals]
+        if made and min(map(len, made)) == len(prefix):
+            made = [self.make_key(key) for key in originals]  # raises on the empty key
+        return originals, made
 
-    def get_many(self, keys: Iterable[Key]) -> dict[Key, Any]:
+    def get_many(self, keys: Iterable[KeyT]) -> dict[KeyT, Any]:
         """The values of the ``keys`` that exist, in the caller's order: one MGET per shard."""
         originals, made = self._keys(keys)
         if not made:
@@ -287,17 +299,14 @@ class Cache:
                 if isinstance(values, ShardError):
                     raise values
                 found.update(zip(run, values, strict=True))
-        missing = object()
-        result: dict[Key, Any] = {}
-        for original, k in zip(originals, made, strict=True):
-            raw = found.get(k)
-            if raw is not None:
-                value = self._decode(raw, k, missing)
-                if value is not missing:
-                    result[original] = value
-        return result
+        values = self.codec.decode_batch(list(map(found.get, made)), made, self._warn_unreadable)
+        return {
+            original: value
+            for original, value in zip(originals, values, strict=True)
+            if value is not MISSING
+        }
 
-    def set_many(self, mapping: Mapping[Key, Any], ttl: float | None = None) -> list[Key]:
+    def set_many(self, mapping: Mapping[KeyT, Any], ttl: float | None = None) -> list[KeyT]:
         """Store every item (one pipeline of SET per shard); return the keys that failed."""
         originals, made = self._keys(mapping)
         if not made:
@@ -306,14 +315,22 @@ class Cache:
             self.delete_many(originals)
             return []
         original_of = dict(zip(made, originals, strict=True))
-        expiry: tuple[Any, ...] = () if ttl is None else (b"PX", self._px(ttl))
-        encoded = {k: self.codec.encode(mapping[o], k) for k, o in original_of.items()}
+        encode = self.codec.encode
+        encoded = {k: encode(mapping[o], k) for k, o in original_of.items()}
         groups = self.topology.group(made)
-        commands = {
-            shard: [(b"SET", k, encoded[k], *expiry) for run in runs for k in run]
-            for shard, runs in groups.items()
-        }
-        failed: list[Key] = []
+        commands: dict[Shard, list[tuple[Any, ...]]]
+        if ttl is None:
+            commands = {
+                shard: [(b"SET", k, encoded[k]) for run in runs for k in run]
+                for shard, runs in groups.items()
+            }
+        else:
+            px = self._px(ttl)
+            commands = {
+                shard: [(b"SET", k, encoded[k], b"PX", px) for run in runs for k in run]
+                for shard, runs in groups.items()
+            }
+        failed: list[KeyT] = []
         for shard, replies in self._fan_out(commands).items():
             keys = [k for run in groups[shard] for k in run]
             if isinstance(replies, ShardUnavailableError):

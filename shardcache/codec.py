@@ -16,13 +16,17 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from shardcache.compressors import COMPRESSORS, Compressor, ZlibCompressor
 from shardcache.errors import ConfigurationError, SerializationError
 from shardcache.serializers import Serializer
 
-__all__ = ["Codec"]
+__all__ = ["MISSING", "Codec"]
+
+MISSING: Any = object()
+"""Stands for "no value" in `Codec.decode_batch` results: the key was absent or unreadable."""
 
 TAG = 0xA0
 TAG_MASK = 0xE0
@@ -53,6 +57,9 @@ class Codec:
         self.compress_threshold = compress_threshold
         self._secret = signing_secret
         self._header_base = TAG | (SIGNED if signing_secret else 0) | (serializer.id << 2)
+        # What most stored values start with: our serializer, unsigned, not compressed.
+        self._plain_header = -1 if signing_secret else TAG | (serializer.id << 2)
+        self._loads = serializer.loads
         self._decompressors: dict[int, Compressor] = {ZlibCompressor.id: ZlibCompressor()}
         if compressor is not None:
             self._decompressors[compressor.id] = compressor
@@ -78,6 +85,39 @@ class Codec:
 
     def decode(self, data: bytes, key: bytes) -> Any:
         """The stored value; `SerializationError` if the bytes are not a value we can trust."""
+        if data and data[0] == self._plain_header:
+            try:
+                return self._loads(data[1:])
+            except Exception as exc:
+                raise SerializationError(f"cannot decode: {exc!r}") from exc
+        return self._decode_other(data, key)
+
+    def decode_batch(
+        self,
+        raws: Sequence[bytes | None],
+        keys: Sequence[bytes],
+        on_error: Callable[[bytes, SerializationError], None],
+    ) -> list[Any]:
+        """`decode` for many values (``None`` for absent keys), in one tight loop: `MISSING`
+        stands for an absent or unreadable value, and ``on_error`` hears of the latter."""
+        plain, loads, decode_other = self._plain_header, self._loads, self._decode_other
+        values: list[Any] = []
+        append = values.append
+        for raw, key in zip(raws, keys, strict=True):
+            if raw is None:
+                append(MISSING)
+                continue
+            try:
+                append(loads(raw[1:]) if raw and raw[0] == plain else decode_other(raw, key))
+            except SerializationError as exc:
+                on_error(key, exc)
+                append(MISSING)
+            except Exception as exc:
+                on_error(key, SerializationError(f"cannot decode: {exc!r}"))
+                append(MISSING)
+        return values
+
+    def _decode_other(self, data: bytes, key: bytes) -> Any:
         if not data:
             raise SerializationError("empty value")
         header = data[0]
@@ -102,7 +142,7 @@ class Codec:
         try:
             if header & 0x3:
                 body = self._decompressor(header & 0x3).decompress(body)
-            return self.serializer.loads(body)
+            return self._loads(body)
         except SerializationError:
             raise
         except Exception as exc:

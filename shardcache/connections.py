@@ -29,6 +29,26 @@ __all__ = ["Batch", "ConnectionPool", "RedisShard"]
 # Socket-level failures: the connection is unusable and the outcome of the command unknown.
 IO_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 
+_hiredis_pack: Any
+try:
+    from hiredis import pack_command as _hiredis_pack
+except ImportError:  # pragma: no cover - hiredis is optional
+    _hiredis_pack = None
+
+
+def _pack(conn: AbstractConnection, args: Sequence[Any]) -> Any:
+    # hiredis's C packer straight away when it is installed: redis-py's own wrapper first
+    # walks every argument in a Python generator, which costs more than the packing itself.
+    if _hiredis_pack is not None:
+        return [_hiredis_pack(tuple(args))]
+    return conn.pack_command(*args)
+
+
+def _pack_many(conn: AbstractConnection, commands: Sequence[Sequence[Any]]) -> Any:
+    if _hiredis_pack is not None:
+        return [b"".join([_hiredis_pack(tuple(command)) for command in commands])]
+    return conn.pack_commands(commands)
+
 
 class ConnectionPool:
     """A bounded LIFO pool of redis-py connections, safe across threads and ``fork()``.
@@ -208,7 +228,7 @@ class RedisShard:
         conn = pool.acquire()
         reused = conn._sock is not None
         try:
-            conn.send_packed_command(conn.pack_command(*args), check_health=False)
+            conn.send_packed_command(_pack(conn, args), check_health=False)
             reply = conn.read_response()
         except ResponseError as exc:
             pool.release(conn)
@@ -228,7 +248,7 @@ class RedisShard:
         """Send ``commands`` in one write; read their replies with `Batch.finish`."""
         conn = self.pool.acquire()
         try:
-            conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+            conn.send_packed_command(_pack_many(conn, commands), check_health=False)
         except IO_ERRORS as exc:
             self.pool.discard(conn)
             raise ShardUnavailableError(str(exc), shard=self.id) from exc

@@ -3,6 +3,7 @@ stores with the value, so a reader knows which serializer wrote it."""
 
 from __future__ import annotations
 
+import functools
 import json
 import pickle
 from typing import Any, ClassVar
@@ -36,12 +37,10 @@ class PickleSerializer(Serializer):
 
     def __init__(self, protocol: int = pickle.HIGHEST_PROTOCOL) -> None:
         self.protocol = protocol
-
-    def dumps(self, value: Any) -> bytes:
-        return pickle.dumps(value, self.protocol)
-
-    def loads(self, data: bytes) -> Any:
-        return pickle.loads(data)
+        # The C functions themselves, not Python methods around them: one frame less on
+        # every value of a get_many.
+        self.dumps = functools.partial(pickle.dumps, protocol=protocol)  # type: ignore[method-assign]
+        self.loads = pickle.loads  # type: ignore[method-assign, assignment]
 
 
 class JSONSerializer(Serializer):

@@ -14,6 +14,7 @@ from shardcache.config import RedisAddress
 from shardcache.connections import RedisShard
 from shardcache.errors import ConfigurationError
 from shardcache.hashing import HashFunction, Selector, make_selector
+from shardcache.protocols import Shard
 
 __all__ = ["HashPool"]
 
@@ -136,20 +137,22 @@ class HashPool:
     def shard_for(self, key: bytes) -> RedisShard:
         return self._shards[self.index(key)]
 
-    def group(self, keys: Iterable[bytes]) -> dict[RedisShard, list[list[bytes]]]:
+    def group(self, keys: Iterable[bytes]) -> dict[Shard, list[list[bytes]]]:
         # Independent servers take multi-key commands on any keys: one run per shard.
-        groups: dict[RedisShard, list[bytes]] = {}
-        shards, memo = self._shards, self._memo
-        for key in keys:
-            index = memo.get(key)
-            if index is None:
-                index = self.index(key)
-            shard = shards[index]
-            if shard in groups:
-                groups[shard].append(key)
-            else:
-                groups[shard] = [key]
-        return {shard: [run] for shard, run in groups.items()}
+        keys = keys if isinstance(keys, list) else list(keys)
+        memo = self._memo
+        known = list(map(memo.get, keys))
+        indexes: list[int] = (
+            [self.index(key) if i is None else i for key, i in zip(keys, known, strict=True)]
+            if None in known
+            else known  # type: ignore[assignment]
+        )
+        if len(self._shards) == 1:
+            return {self._shards[0]: [keys]}
+        runs: list[list[bytes]] = [[] for _ in self._shards]
+        for key, index in zip(keys, indexes, strict=True):
+            runs[index].append(key)
+        return {shard: [run] for shard, run in zip(self._shards, runs, strict=True) if run}
 
     def shards(self) -> list[RedisShard]:
         return list(self._shards)

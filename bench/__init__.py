@@ -1,0 +1,1 @@
+"""shardcache benchmarks: ``python -m bench [cache|startup] [options]``."""

@@ -1,0 +1,20 @@
+"""``python -m bench cache`` (default) or ``python -m bench startup``; ``--help`` for options."""
+
+from __future__ import annotations
+
+import sys
+
+from bench import cache, startup
+
+BENCHMARKS = {"cache": cache.main, "startup": startup.main}
+
+
+def run(argv: list[str]) -> None:
+    name = argv[0] if argv and not argv[0].startswith("-") else "cache"
+    if name not in BENCHMARKS:
+        raise SystemExit(f"unknown benchmark {name!r}; choose one of {', '.join(BENCHMARKS)}")
+    BENCHMARKS[name](argv[1:] if argv and argv[0] == name else argv)
+
+
+if __name__ == "__main__":
+    run(sys.argv[1:])
