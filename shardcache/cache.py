@@ -7,6 +7,7 @@ shard's batch sent before any reply is read, so all shards work at once from one
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -139,11 +140,19 @@ class Cache:
         """Send each shard its commands, then read every reply; a shard that fails gives its
         error in place of its replies, so the others still answer."""
         pending: list[tuple[Shard, PendingBatch | ShardUnavailableError]] = []
-        for shard, batch in commands.items():
-            try:
-                pending.append((shard, shard.begin(batch)))
-            except ShardUnavailableError as exc:
-                pending.append((shard, exc))
+        try:
+            for shard, batch in commands.items():
+                try:
+                    pending.append((shard, shard.begin(batch)))
+                except ShardUnavailableError as exc:
+                    pending.append((shard, exc))
+        except BaseException:
+            # Read what was sent, so no connection goes back to a pool with replies pending.
+            for _, started in pending:
+                if not isinstance(started, ShardUnavailableError):
+                    with contextlib.suppress(ShardUnavailableError):
+                        started.finish()
+            raise
         results: dict[Shard, list[Any] | ShardUnavailableError] = {}
         for shard, started in pending:
             if isinstance(started, ShardUnavailableError):

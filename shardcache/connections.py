@@ -221,8 +221,9 @@ class RedisShard:
         """Run one command and return its reply.
 
         A reply error raises `CommandError`; a socket error raises `ShardUnavailableError`,
-        except that an ``idempotent`` command whose pooled connection turned out to be dead
-        (server restarted, idle timeout) is retried once on a fresh connection.
+        except that an ``idempotent`` command whose pooled connection turned out to be closed
+        (server restarted, idle timeout) is retried once on a fresh connection. A timeout is
+        never retried, so a call never waits longer than the socket timeout.
         """
         pool = self.pool
         conn = pool.acquire()
@@ -235,7 +236,7 @@ class RedisShard:
             raise CommandError(str(exc), shard=self.id, key=key) from exc
         except IO_ERRORS as exc:
             pool.discard(conn)
-            if idempotent and reused:
+            if idempotent and reused and not isinstance(exc, RedisTimeoutError):
                 return self.execute(*args, key=key, idempotent=False)
             raise ShardUnavailableError(str(exc), shard=self.id, key=key) from exc
         except BaseException:

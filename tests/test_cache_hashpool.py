@@ -13,7 +13,7 @@ import redis
 from shardcache import Cache, HashPool, ShardUnavailableError
 from shardcache.connections import RedisShard
 from shardcache.errors import ConfigurationError
-from shardcache.testing import StandaloneRedis
+from shardcache.testing import StandaloneRedis, wait_until
 from tests.cache_contract import CacheContract, RawClient
 
 
@@ -297,3 +297,34 @@ def test_a_forked_child_never_reuses_the_parents_sockets(pool: HashPool) -> None
     # The parent's pooled connections are intact: replies are not crossed or lost.
     assert [cache.get(f"k{i}") for i in range(30)] == list(range(30))
     assert cache.get("child") == 1
+
+
+def test_a_slow_shard_times_out_with_a_typed_error(
+    clean_redis_pool_servers: StandaloneRedis,
+) -> None:
+    pool = HashPool(clean_redis_pool_servers.urls, read_timeout=0.3, write_timeout=0.3)
+    cache = Cache(pool, prefix="t:")
+    cache.set("k", "v")
+    server = clean_redis_pool_servers.servers[pool.index(b"t:k")]
+    sleeper = server.client(socket_timeout=10)
+    blocked = threading.Thread(target=sleeper.execute_command, args=("DEBUG", "SLEEP", "3"))
+    blocked.start()
+
+    def busy() -> bool:
+        try:
+            with server.client(socket_timeout=0.1) as probe:
+                probe.ping()
+        except redis.TimeoutError:
+            return True
+        return False
+
+    try:
+        wait_until(busy, timeout=10, what="the server to be busy in DEBUG SLEEP")
+        with pytest.raises(ShardUnavailableError, match=r"(?i)timeout") as error:
+            cache.get("k")
+        assert pool.id(pool.index(b"t:k")) in str(error.value)
+    finally:
+        blocked.join()
+        sleeper.close()
+    assert cache.get("k") == "v"  # the shard answers again once it is not busy
+    pool.close()
