@@ -127,10 +127,13 @@ class Cache:
         logger.warning("shardcache: %s; ignored (ignore_errors=True)", exc)
         return fallback
 
-    def _run(self, key: bytes, fallback: Any, *args: Any, idempotent: bool = False) -> Any:
-        """One command on the shard of ``key``, under the failure policy."""
+    def _run(self, key: bytes, fallback: Any, *args: Any, read: bool = False) -> Any:
+        """One command on the shard of ``key``, under the failure policy. ``read`` commands
+        are idempotent (retried once on a dead pooled connection) and may go to a replica
+        when the topology is configured for replica reads."""
         try:
-            return self.topology.shard_for(key).execute(*args, key=key, idempotent=idempotent)
+            shard = self.topology.shard_for(key, read=read)
+            return shard.execute(*args, key=key, idempotent=read)
         except ShardUnavailableError as exc:
             return self._unavailable(exc, fallback)
 
@@ -173,7 +176,7 @@ class Cache:
     def get(self, key: Key, default: Any = None) -> Any:
         """The value of ``key``, or ``default`` when it is missing or unreadable."""
         k = self.make_key(key)
-        raw = self._run(k, None, b"GET", k, idempotent=True)
+        raw = self._run(k, None, b"GET", k, read=True)
         return default if raw is None else self._decode(raw, k, default)
 
     def set(self, key: Key, value: Any, ttl: float | None = None) -> bool:
@@ -207,7 +210,7 @@ class Cache:
 
     def has(self, key: Key) -> bool:
         k = self.make_key(key)
-        return bool(self._run(k, 0, b"EXISTS", k, idempotent=True))
+        return bool(self._run(k, 0, b"EXISTS", k, read=True))
 
     def incr(self, key: Key, delta: int = 1) -> int:
         """Add ``delta`` to the integer under ``key`` atomically on the server and return the
@@ -219,7 +222,7 @@ class Cache:
             try:
                 result = shard.execute(b"EVALSHA", _INCR_SHA, 1, k, delta, key=k)
             except CommandError as exc:
-                if not isinstance(exc.__cause__, NoScriptError):
+                if not isinstance(exc.reply, NoScriptError):
                     raise
                 result = shard.execute(b"EVAL", _INCR_EXISTING, 1, k, delta, key=k)
         except ShardUnavailableError as exc:
@@ -258,7 +261,7 @@ class Cache:
     def ttl(self, key: Key) -> float | None:
         """Seconds left before ``key`` expires; ``None`` if it never does; 0.0 if it is missing."""
         k = self.make_key(key)
-        ms = self._run(k, -2, b"PTTL", k, idempotent=True)
+        ms = self._run(k, -2, b"PTTL", k, read=True)
         if ms == -1:
             return None
         return max(0.0, float(ms) / 1000)
@@ -297,7 +300,7 @@ class Cache:
         originals, made = self._keys(keys)
         if not made:
             return {}
-        groups = self.topology.group(made)
+        groups = self.topology.group(made, read=True)
         commands = {shard: [(b"MGET", *run) for run in runs] for shard, runs in groups.items()}
         found: dict[bytes, bytes] = {}
         for shard, replies in self._fan_out(commands).items():

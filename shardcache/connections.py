@@ -177,7 +177,7 @@ class Batch:
                 try:
                     replies.append(conn.read_response())
                 except ResponseError as exc:
-                    replies.append(CommandError(str(exc), shard=self.shard.id))
+                    replies.append(CommandError(str(exc), shard=self.shard.id, reply=exc))
         except IO_ERRORS as exc:
             self.shard.pool.discard(conn)
             raise ShardUnavailableError(str(exc), shard=self.shard.id) from exc
@@ -228,17 +228,22 @@ class RedisShard:
         pool = self.pool
         conn = pool.acquire()
         reused = conn._sock is not None
+        connecting = not reused
         try:
             conn.send_packed_command(_pack(conn, args), check_health=False)
+            connecting = False
             reply = conn.read_response()
         except ResponseError as exc:
             pool.release(conn)
-            raise CommandError(str(exc), shard=self.id, key=key) from exc
+            raise CommandError(str(exc), shard=self.id, key=key, reply=exc) from exc
         except IO_ERRORS as exc:
             pool.discard(conn)
             if idempotent and reused and not isinstance(exc, RedisTimeoutError):
                 return self.execute(*args, key=key, idempotent=False)
-            raise ShardUnavailableError(str(exc), shard=self.id, key=key) from exc
+            # A connection that could not be made never carried the command.
+            raise ShardUnavailableError(
+                str(exc), shard=self.id, key=key, sent=not connecting
+            ) from exc
         except BaseException:
             pool.discard(conn)
             raise
@@ -248,11 +253,12 @@ class RedisShard:
     def begin(self, commands: Sequence[Sequence[Any]]) -> Batch:
         """Send ``commands`` in one write; read their replies with `Batch.finish`."""
         conn = self.pool.acquire()
+        reused = conn._sock is not None
         try:
             conn.send_packed_command(_pack_many(conn, commands), check_health=False)
         except IO_ERRORS as exc:
             self.pool.discard(conn)
-            raise ShardUnavailableError(str(exc), shard=self.id) from exc
+            raise ShardUnavailableError(str(exc), shard=self.id, sent=reused) from exc
         except BaseException:
             self.pool.discard(conn)
             raise

@@ -10,7 +10,9 @@ catch the library's failures in one clause without catching unrelated bugs::
     ├── SerializationError        a value cannot be encoded, or stored bytes cannot be decoded
     ├── ShardError                a server-side problem on one shard (names the shard and key)
     │   ├── ShardUnavailableError the shard cannot be reached: refused, timed out, pool exhausted
-    │   └── CommandError          the shard answered with an error (WRONGTYPE, not an integer...)
+    │   ├── CommandError          the shard answered with an error (WRONGTYPE, not an integer...)
+    │   └── RedirectsExhaustedError  a cluster kept redirecting (MOVED/ASK/TRYAGAIN) too long
+    ├── CrossSlotError            keys given together span several cluster slots
     └── LocalServerError          shardcache.testing could not run a local server
         ├── BinaryNotFoundError   the server program is not installed
         ├── PortInUseError        the chosen port was taken before the server bound it
@@ -25,10 +27,12 @@ __all__ = [
     "BinaryNotFoundError",
     "CommandError",
     "ConfigurationError",
+    "CrossSlotError",
     "InvalidKeyError",
     "LocalServerError",
     "MissingKeyError",
     "PortInUseError",
+    "RedirectsExhaustedError",
     "SerializationError",
     "ServerNotReadyError",
     "ShardError",
@@ -70,11 +74,47 @@ class ShardError(ShardcacheError):
 
 
 class ShardUnavailableError(ShardError):
-    """The shard cannot be reached: connection refused or reset, timeout, pool exhausted."""
+    """The shard cannot be reached: connection refused or reset, timeout, pool exhausted.
+
+    ``sent`` is False when the command certainly never reached the server (the connection
+    could not be made), so retrying it elsewhere cannot apply it twice.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        shard: str = "",
+        key: bytes | str | None = None,
+        sent: bool = True,
+    ) -> None:
+        super().__init__(message, shard=shard, key=key)
+        self.sent = sent
 
 
 class CommandError(ShardError):
-    """The shard answered with an error reply (WRONGTYPE, value is not an integer, ...)."""
+    """The shard answered with an error reply (WRONGTYPE, value is not an integer, ...);
+    ``reply`` is redis-py's exception for it (``MovedError``, ``TryAgainError``...)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        shard: str = "",
+        key: bytes | str | None = None,
+        reply: Exception | None = None,
+    ) -> None:
+        super().__init__(message, shard=shard, key=key)
+        self.reply = reply
+
+
+class RedirectsExhaustedError(ShardError):
+    """A cluster command was still redirected (MOVED, ASK, TRYAGAIN, node down) after the
+    configured number of attempts."""
+
+
+class CrossSlotError(ShardcacheError, ValueError):
+    """Keys that must go to one cluster node together (`Cluster.bind`) span several slots."""
 
 
 class LocalServerError(ShardcacheError):

@@ -13,6 +13,7 @@ depend on the shards' names, not their order.
 
 from __future__ import annotations
 
+import binascii
 import bisect
 import hashlib
 import zlib
@@ -112,25 +113,10 @@ def crc32(key: Key) -> int:
     return zlib.crc32(_bytes(key)) & _MASK32
 
 
-def _crc16_table() -> list[int]:
-    table = []
-    for byte in range(256):
-        crc = byte << 8
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else (crc << 1)
-        table.append(crc & 0xFFFF)
-    return table
-
-
-_CRC16_TABLE = _crc16_table()
-
-
 def crc16(key: Key) -> int:
-    """CRC-16/XMODEM (polynomial 0x1021, initial 0), the checksum of Redis Cluster slots."""
-    crc = 0
-    for byte in _bytes(key):
-        crc = ((crc << 8) & 0xFF00) ^ _CRC16_TABLE[((crc >> 8) ^ byte) & 0xFF]
-    return crc
+    """CRC-16/XMODEM (polynomial 0x1021, initial 0), the checksum of Redis Cluster slots
+    (``binascii.crc_hqx`` computes exactly that, in C)."""
+    return binascii.crc_hqx(_bytes(key), 0)
 
 
 def slot(key: Key) -> int:

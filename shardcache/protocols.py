@@ -62,13 +62,15 @@ class Shard(Protocol):
 class Topology(Protocol):
     """Which shard holds which key, and the shards themselves."""
 
-    def shard_for(self, key: bytes) -> Shard:
-        """The shard that holds ``key``."""
+    def shard_for(self, key: bytes, *, read: bool = False) -> Shard:
+        """The shard that holds ``key``. ``read=True`` says only reads will follow, so a
+        topology configured for it may answer with a replica."""
         ...
 
-    def group(self, keys: Iterable[bytes]) -> dict[Shard, list[list[bytes]]]:
+    def group(self, keys: Iterable[bytes], *, read: bool = False) -> dict[Shard, list[list[bytes]]]:
         """``keys`` grouped by shard, then into runs that one multi-key command (MGET, DEL)
-        may carry: one run per shard on a hash pool, one per slot on a cluster."""
+        may carry: one run per shard on a hash pool, one per slot on a cluster. In a batch
+        sent to a shard, every command names its (first) key right after the command name."""
         ...
 
     def shards(self) -> Sequence[Shard]:

@@ -134,10 +134,10 @@ class HashPool:
 
     # --- the shard protocol ------------------------------------------------------------------
 
-    def shard_for(self, key: bytes) -> RedisShard:
+    def shard_for(self, key: bytes, *, read: bool = False) -> RedisShard:
         return self._shards[self.index(key)]
 
-    def group(self, keys: Iterable[bytes]) -> dict[Shard, list[list[bytes]]]:
+    def group(self, keys: Iterable[bytes], *, read: bool = False) -> dict[Shard, list[list[bytes]]]:
         # Independent servers take multi-key commands on any keys: one run per shard.
         keys = keys if isinstance(keys, list) else list(keys)
         memo = self._memo

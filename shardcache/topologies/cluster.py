@@ -1,0 +1,571 @@
+"""Redis Cluster as a topology (after segmentio/redisc, built over redis-py).
+
+Ours: the slot map (read with CLUSTER SHARDS, falling back to CLUSTER SLOTS, and patched from
+every MOVED reply), the lean per-node connection pools of `RedisShard`, per-slot grouping of
+multi-key calls into one pipeline per node, `bind`, and the redirect loop driven by the small
+`RedirectPolicy`. redis-py's ``RedisCluster`` answers every command through a generic
+dispatcher that costs more than the round trip and splits ``mget_nonatomic`` into one
+command per key; it stays available, built from the same settings, as `Cluster.redis`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import redis
+import redis.cluster
+from redis.backoff import NoBackoff
+from redis.connection import AbstractConnection
+from redis.exceptions import ResponseError
+from redis.retry import Retry
+
+from shardcache.config import RedisAddress
+from shardcache.connections import IO_ERRORS, Batch, RedisShard
+from shardcache.errors import (
+    CommandError,
+    ConfigurationError,
+    CrossSlotError,
+    RedirectsExhaustedError,
+    ShardError,
+    ShardUnavailableError,
+)
+from shardcache.hashing import CLUSTER_SLOTS, slot
+from shardcache.protocols import Shard
+from shardcache.topologies.redirects import Redirect, RedirectPolicy, is_tryagain
+
+__all__ = ["Binding", "Cluster", "ClusterNode"]
+
+
+_READS = frozenset({b"GET", b"MGET", b"EXISTS", b"PTTL", b"TTL"})
+# Multi-key commands that can be split into one command per key: (the one-key command,
+# how to combine the one-key replies into the multi-key reply).
+_SPLITTABLE: dict[bytes, tuple[bytes, Callable[[list[Any]], Any]]] = {
+    b"MGET": (b"GET", list),
+    b"DEL": (b"DEL", sum),
+    b"UNLINK": (b"UNLINK", sum),
+    b"EXISTS": (b"EXISTS", sum),
+}
+
+
+def _send_readonly(conn: AbstractConnection) -> None:
+    # Replica connections say READONLY once, right after the handshake.
+    conn.on_connect()
+    conn.send_command("READONLY")
+    conn.read_response()
+
+
+@dataclass(frozen=True)
+class _SlotMap:
+    """Who serves each slot: a master and its replicas (``host:port`` names)."""
+
+    masters: list[str | None]
+    replicas: list[tuple[str, ...]]
+
+
+class Cluster:
+    """A Redis Cluster, as a topology for `Cache` and as a redisc-style client.
+
+    ``startup_nodes`` are ``host:port`` strings, ``(host, port)`` pairs or redis URLs (their
+    credentials and TLS apply to every node). With ``read_from_replicas=True`` the cache's
+    reads go to a replica of the key's slot (they may be slightly stale). Every command
+    follows MOVED, ASK and TRYAGAIN for at most ``max_attempts`` attempts.
+    """
+
+    def __init__(
+        self,
+        startup_nodes: Sequence[str | tuple[str, int]],
+        *,
+        read_from_replicas: bool = False,
+        max_attempts: int = 5,
+        connect_timeout: float = 1.0,
+        read_timeout: float = 3.0,
+        write_timeout: float = 3.0,
+        max_connections_per_node: int = 64,
+        pool_timeout: float | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        **connection_options: Any,
+    ) -> None:
+        if isinstance(startup_nodes, str) or not startup_nodes:
+            raise ConfigurationError("Cluster needs a list of one or more startup nodes")
+        addresses = [
+            RedisAddress(host=node[0], port=int(node[1]))
+            if isinstance(node, tuple)
+            else RedisAddress.parse(node)
+            for node in startup_nodes
+        ]
+        first = addresses[0]
+        self._template = first.connection_kwargs(
+            socket_connect_timeout=connect_timeout,
+            socket_timeout=max(read_timeout, write_timeout),
+            retry=Retry(NoBackoff(), 0),
+            **connection_options,
+        )
+        if username is not None:
+            self._template["username"] = username
+        if password is not None:
+            self._template["password"] = password
+        self._template["db"] = 0  # a cluster has only database 0
+        self._startup = [f"{a.host}:{a.port}" for a in addresses]
+        self._max_connections = max_connections_per_node
+        self._pool_timeout = connect_timeout if pool_timeout is None else pool_timeout
+        self.read_from_replicas = read_from_replicas
+        self.policy = RedirectPolicy(max_attempts)
+        self._nodes: dict[tuple[str, bool], ClusterNode] = {}
+        self._nodes_lock = threading.Lock()
+        self._refresh_lock = threading.Lock()
+        self._refreshed_at = 0.0
+        self._map = _SlotMap([None] * CLUSTER_SLOTS, [()] * CLUSTER_SLOTS)
+        self._slot_memo: dict[bytes, int] = {}
+        self._redis: redis.cluster.RedisCluster | None = None
+        self.refresh()
+
+    def __repr__(self) -> str:
+        return f"<Cluster {sorted({m for m in self._map.masters if m})}>"
+
+    # --- nodes and the slot map ----------------------------------------------------------------
+
+    def node(self, address: str, *, readonly: bool = False) -> ClusterNode:
+        """The node at ``host:port`` (created on first use). ``readonly`` connections send
+        READONLY, as reads from a replica need."""
+        found = self._nodes.get((address, readonly))
+        if found is not None:
+            return found
+        with self._nodes_lock:
+            found = self._nodes.get((address, readonly))
+            if found is None:
+                host, _, port = address.rpartition(":")
+                kwargs = {**self._template, "host": host, "port": int(port)}
+                if readonly:
+                    kwargs["redis_connect_func"] = _send_readonly
+                shard = RedisShard(
+                    address,
+                    kwargs,
+                    max_connections=self._max_connections,
+                    pool_timeout=self._pool_timeout,
+                )
+                found = self._nodes[(address, readonly)] = ClusterNode(self, shard)
+            return found
+
+    def refresh(self) -> None:
+        """Re-read the slot map from the first node that answers (CLUSTER SHARDS, or CLUSTER
+        SLOTS on servers before 7.0). Concurrent callers share one refresh."""
+        requested = time.monotonic()
+        with self._refresh_lock:
+            if self._refreshed_at > requested:
+                return  # another thread refreshed while we waited
+            known = [m for m in dict.fromkeys(self._map.masters) if m]
+            errors: list[str] = []
+            for address in dict.fromkeys([*known, *self._startup]):
+                try:
+                    self._map = self._read_map(self.node(address))
+                except (ShardError, ValueError, KeyError, IndexError) as exc:
+                    errors.append(f"{address}: {exc}")
+                    continue
+                self._refreshed_at = time.monotonic()
+                return
+        raise ShardUnavailableError(
+            "no cluster node answered with a slot map: " + "; ".join(errors),
+            sent=False,
+        )
+
+    def _read_map(self, node: ClusterNode) -> _SlotMap:
+        masters: list[str | None] = [None] * CLUSTER_SLOTS
+        replicas: list[tuple[str, ...]] = [()] * CLUSTER_SLOTS
+        try:
+            shards = node.shard.execute(b"CLUSTER", b"SHARDS")
+        except CommandError:
+            shards = None
+        if shards is not None:
+            for shard in shards:
+                fields = _pairs(shard)
+                owner, found = None, []
+                for member in fields[b"nodes"]:
+                    info = _pairs(member)
+                    host = (info.get(b"ip") or info.get(b"endpoint") or b"").decode()
+                    address = f"{host or node.shard.id.rpartition(':')[0]}:{info[b'port']}"
+                    if info.get(b"role") == b"master":
+                        owner = address
+                    elif info.get(b"health") == b"online":
+                        found.append(address)
+                ranges, copies = fields[b"slots"], tuple(found)
+                for low, high in zip(ranges[::2], ranges[1::2], strict=True):
+                    for number in range(int(low), int(high) + 1):
+                        masters[number] = owner
+                        replicas[number] = copies
+        else:
+            for low, high, owner_info, *replica_infos in node.shard.execute(b"CLUSTER", b"SLOTS"):
+                owner = f"{owner_info[0].decode()}:{owner_info[1]}"
+                copies = tuple(f"{r[0].decode()}:{r[1]}" for r in replica_infos)
+                for number in range(int(low), int(high) + 1):
+                    masters[number] = owner
+                    replicas[number] = copies
+        if None in masters:
+            raise ValueError(f"slot {masters.index(None)} has no master (cluster incomplete)")
+        return _SlotMap(masters, replicas)
+
+    def _learn(self, redirect: Redirect) -> None:
+        # A MOVED reply is the news that one slot changed owner: patch just that slot.
+        self._map.masters[redirect.slot] = redirect.address
+        self._map.replicas[redirect.slot] = ()
+
+    def master_of(self, slot_number: int) -> ClusterNode:
+        address = self._map.masters[slot_number]
+        if address is None:
+            self.refresh()
+            address = self._map.masters[slot_number]
+            assert address is not None
+        return self.node(address)
+
+    def _route(self, slot_number: int, read: bool) -> ClusterNode:
+        if read and self.read_from_replicas:
+            copies = self._map.replicas[slot_number]
+            if copies:
+                return self.node(random.choice(copies), readonly=True)
+        return self.master_of(slot_number)
+
+    # --- redisc's controls -----------------------------------------------------------------
+
+    def slot(self, key: str | bytes) -> int:
+        """The slot of ``key`` (CRC16 of its ``{hash tag}`` or of the whole key)."""
+        data = key.encode() if isinstance(key, str) else key
+        found = self._slot_memo.get(data)
+        if found is None:
+            if len(self._slot_memo) >= 100_000:
+                self._slot_memo.clear()
+            found = self._slot_memo[data] = slot(data)
+        return found
+
+    def split_by_slot(self, keys: Iterable[str | bytes]) -> dict[int, list[str | bytes]]:
+        """``keys`` grouped by slot, each group in the caller's order."""
+        groups: dict[int, list[str | bytes]] = {}
+        for key in keys:
+            groups.setdefault(self.slot(key), []).append(key)
+        return groups
+
+    def bind(self, *keys: str | bytes, read_only: bool = False) -> Binding:
+        """A connection pinned to the node serving the slot of ``keys`` (all in one slot, or
+        `CrossSlotError`); with ``read_only`` to one of its replicas, after READONLY."""
+        if not keys:
+            raise ValueError("bind needs at least one key")
+        slots = {self.slot(key) for key in keys}
+        if len(slots) != 1:
+            raise CrossSlotError(f"keys {keys!r} span {len(slots)} slots: {sorted(slots)}")
+        (number,) = slots
+        node = self.master_of(number)
+        if read_only:
+            copies = self._map.replicas[number]
+            if copies:
+                node = self.node(random.choice(copies), readonly=True)
+        return Binding(node.shard, number)
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        """INFO highlights of every node: role, keys, memory, clients, ops/s, slots."""
+        result: dict[str, dict[str, Any]] = {}
+        owners = {m for m in self._map.masters if m}
+        everyone = sorted(owners | {r for rs in set(self._map.replicas) for r in rs})
+        for address in everyone:
+            node = self.node(address)
+            try:
+                info = node.client().info()
+            except redis.RedisError as exc:
+                result[address] = {"error": str(exc)}
+                continue
+            result[address] = {
+                "role": info.get("role"),
+                "slots": sum(1 for owner in self._map.masters if owner == address),
+                "keys": info.get("db0", {}).get("keys", 0),
+                "used_memory": info.get("used_memory"),
+                "connected_clients": info.get("connected_clients"),
+                "ops_per_sec": info.get("instantaneous_ops_per_sec"),
+            }
+        return result
+
+    def redis(self) -> redis.cluster.RedisCluster:
+        """redis-py's own cluster client on the same nodes and settings, for every command
+        the cache layer does not cover."""
+        if self._redis is None:
+            host, _, port = self._startup[0].rpartition(":")
+            options = {
+                k: v
+                for k, v in self._template.items()
+                if k not in {"host", "port", "db", "retry", "connection_class"}
+            }
+            if self._template.get("connection_class") is redis.SSLConnection:
+                options["ssl"] = True
+            self._redis = redis.cluster.RedisCluster(
+                host=host, port=int(port), read_from_replicas=self.read_from_replicas, **options
+            )
+        return self._redis
+
+    # --- the retrying execution path --------------------------------------------------------
+
+    def execute(
+        self,
+        *args: Any,
+        key: bytes,
+        idempotent: bool = False,
+        read: bool = False,
+        node: ClusterNode | None = None,
+        first_error: BaseException | None = None,
+    ) -> Any:
+        """Run one command on the node serving ``key``'s slot, following MOVED / ASK /
+        TRYAGAIN and re-reading the slot map when a node is unreachable, for at most
+        ``max_attempts`` attempts (`RedirectsExhaustedError` after that)."""
+        number = self.slot(key)
+        target = node or self._route(number, read)
+        asking = False
+        attempt = 0
+        error = first_error
+        while True:
+            if error is None:
+                try:
+                    if asking:
+                        return target.shard_asking(args, key)
+                    return target.shard.execute(*args, key=key, idempotent=idempotent)
+                except (CommandError, ShardUnavailableError) as exc:
+                    error = exc
+            decision = self.policy.decide(error, attempt, idempotent=idempotent or read)
+            if decision.action == "raise":
+                if attempt + 1 >= self.policy.max_attempts and (
+                    isinstance(error, ShardUnavailableError) or self.policy.follows(error)
+                ):
+                    raise RedirectsExhaustedError(
+                        f"gave up after {attempt + 1} attempts, last: {error}",
+                        shard=target.id,
+                        key=key,
+                    ) from error
+                raise error
+            if decision.delay:
+                time.sleep(decision.delay)
+            if decision.action == "moved":
+                assert decision.redirect is not None
+                self._learn(decision.redirect)
+                target, asking = self.node(decision.redirect.address), False
+            elif decision.action == "ask":
+                assert decision.redirect is not None
+                target, asking = self.node(decision.redirect.address), True
+            elif decision.action == "refresh":
+                with contextlib.suppress(ShardUnavailableError):
+                    self.refresh()  # if no node answers yet, the next attempt says so
+                target, asking = self._route(number, read), False
+            attempt += 1
+            error = None
+
+    # --- the shard protocol --------------------------------------------------------------------
+
+    def shard_for(self, key: bytes, *, read: bool = False) -> ClusterNode:
+        return self._route(self.slot(key), read)
+
+    def group(self, keys: Iterable[bytes], *, read: bool = False) -> dict[Shard, list[list[bytes]]]:
+        # One run per slot (multi-key commands must stay in one slot); the runs of one
+        # node travel in one pipeline.
+        by_slot: dict[int, list[bytes]] = {}
+        slot_of = self.slot
+        for key in keys:
+            number = slot_of(key)
+            run = by_slot.get(number)
+            if run is None:
+                by_slot[number] = [key]
+            else:
+                run.append(key)
+        groups: dict[Shard, list[list[bytes]]] = {}
+        for number, run in by_slot.items():
+            node = self._route(number, read)
+            runs = groups.get(node)
+            if runs is None:
+                groups[node] = [run]
+            else:
+                runs.append(run)
+        return groups
+
+    def shards(self) -> list[ClusterNode]:
+        """Every master."""
+        return [self.node(address) for address in dict.fromkeys(self._map.masters) if address]
+
+    def close(self) -> None:
+        """Close every connection to every node."""
+        with self._nodes_lock:
+            for node in self._nodes.values():
+                node.shard.close()
+        if self._redis is not None:
+            self._redis.close()
+
+
+def _pairs(flat: Any) -> dict[bytes, Any]:
+    """CLUSTER SHARDS entries come as flat [name, value, ...] lists (RESP2) or maps."""
+    if isinstance(flat, dict):
+        return {k if isinstance(k, bytes) else str(k).encode(): v for k, v in flat.items()}
+    return {flat[i]: flat[i + 1] for i in range(0, len(flat), 2)}
+
+
+class ClusterNode:
+    """One cluster node as a shard of the protocol: its commands and batches follow
+    redirects through the cluster's retrying path."""
+
+    def __init__(self, cluster: Cluster, shard: RedisShard) -> None:
+        self.cluster = cluster
+        self.shard = shard
+        self.id = shard.id
+
+    def __repr__(self) -> str:
+        return f"<ClusterNode {self.id}>"
+
+    def execute(self, *args: Any, key: bytes | None = None, idempotent: bool = False) -> Any:
+        if key is None:  # a command for this node itself (FLUSHDB, SCAN, INFO ...)
+            return self.shard.execute(*args, idempotent=idempotent)
+        return self.cluster.execute(*args, key=key, idempotent=idempotent, node=self)
+
+    def shard_asking(self, args: Sequence[Any], key: bytes) -> Any:
+        """``ASKING`` then the command, in one round trip (the ASK half of a migration)."""
+        _, reply = self.shard.pipeline([(b"ASKING",), args])
+        if isinstance(reply, CommandError):
+            reply.key = key
+            raise reply
+        return reply
+
+    def begin(self, commands: Sequence[Sequence[Any]]) -> _ClusterBatch:
+        try:
+            return _ClusterBatch(self, commands, self.shard.begin(commands), None)
+        except ShardUnavailableError as exc:
+            return _ClusterBatch(self, commands, None, exc)
+
+    def pipeline(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        return self.begin(commands).finish()
+
+    def scan(self, match: bytes, count: int = 1000) -> Iterator[bytes]:
+        return self.shard.scan(match, count)
+
+    def client(self) -> redis.Redis:
+        return self.shard.client()
+
+    def close(self) -> None:
+        self.shard.close()
+
+
+class _ClusterBatch:
+    """A batch on one node whose redirected replies are retried one by one, so that a
+    slot moving mid-batch costs a few extra round trips, not an error."""
+
+    def __init__(
+        self,
+        node: ClusterNode,
+        commands: Sequence[Sequence[Any]],
+        pending: Batch | None,
+        failure: ShardUnavailableError | None,
+    ) -> None:
+        self.node = node
+        self.commands = commands
+        self.pending = pending
+        self.failure = failure
+
+    def finish(self) -> list[Any]:
+        cluster = self.node.cluster
+        replies: list[Any] = []
+        if self.pending is not None:
+            try:
+                replies = self.pending.finish()
+            except ShardUnavailableError as exc:
+                self.failure = exc
+        if self.failure is not None:
+            return self._recover(self.failure)
+        for i, reply in enumerate(replies):
+            if isinstance(reply, CommandError) and cluster.policy.follows(reply):
+                replies[i] = self._retry(self.commands[i], reply)
+        return replies
+
+    def _retry(self, command: Sequence[Any], error: BaseException) -> Any:
+        cluster = self.node.cluster
+        try:
+            if len(command) > 2 and command[0] in _SPLITTABLE and is_tryagain(error):
+                # A slot half migrated: some keys are here, some on the target, so the
+                # multi-key command fails until the migration ends. One key at a time, each
+                # following its own ASK, works now.
+                single, combine = _SPLITTABLE[command[0]]
+                return combine(
+                    [cluster.execute(single, key, key=key, node=self.node) for key in command[1:]]
+                )
+            return cluster.execute(*command, key=command[1], node=self.node, first_error=error)
+        except ShardError as exc:
+            return exc
+
+    def _recover(self, failure: ShardUnavailableError) -> list[Any]:
+        # The node itself failed. If the map now sends these slots elsewhere (a failover
+        # happened), run the commands there; if not, the node is simply down.
+        cluster = self.node.cluster
+        if failure.sent and not all(c[0] in _READS for c in self.commands):
+            raise failure  # a write may have been applied: retrying could apply it twice
+        try:
+            cluster.refresh()
+        except ShardUnavailableError:
+            raise failure from None
+        if any(cluster.master_of(cluster.slot(c[1])) is self.node for c in self.commands):
+            raise failure
+        return [self._retry(command, failure) for command in self.commands]
+
+
+class Binding:
+    """A pooled connection pinned to the node serving one slot (redisc's ``Bind``): its
+    commands are sent as they are, with no redirect following. Close it, or use ``with``."""
+
+    def __init__(self, shard: RedisShard, slot_number: int) -> None:
+        self.shard = shard
+        self.slot = slot_number
+        self._conn: AbstractConnection | None = shard.pool.acquire()
+
+    def __enter__(self) -> Binding:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def address(self) -> str:
+        return self.shard.id
+
+    def _connection(self) -> AbstractConnection:
+        if self._conn is None:
+            raise ShardUnavailableError("this binding is closed", shard=self.shard.id)
+        return self._conn
+
+    def execute(self, *args: Any) -> Any:
+        """One command; an error reply raises `CommandError` (see `is_moved` and friends)."""
+        return self.pipeline([args])[0]
+
+    def pipeline(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        """Several commands in one round trip; error replies raise the first `CommandError`."""
+        conn = self._connection()
+        try:
+            conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+            replies = []
+            for _ in commands:
+                try:
+                    replies.append(conn.read_response())
+                except ResponseError as exc:
+                    replies.append(CommandError(str(exc), shard=self.shard.id, reply=exc))
+        except IO_ERRORS as exc:
+            self.shard.pool.discard(conn)
+            self._conn = None
+            raise ShardUnavailableError(str(exc), shard=self.shard.id) from exc
+        for reply in replies:
+            if isinstance(reply, CommandError):
+                raise reply
+        return replies
+
+    def close(self) -> None:
+        """Give the connection back to the node's pool."""
+        if self._conn is not None:
+            self.shard.pool.release(self._conn)
+            self._conn = None

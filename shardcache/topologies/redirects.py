@@ -1,0 +1,153 @@
+"""What to do when a Redis Cluster node answers "not here": the redirect state machine.
+
+Pure functions and one small policy object, no I/O, so every case is tested without a
+server. The cluster topology asks `RedirectPolicy.decide` after each failed attempt.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from redis.exceptions import (
+    AskError,
+    ClusterCrossSlotError,
+    ClusterDownError,
+    MovedError,
+    TryAgainError,
+)
+
+from shardcache.errors import CommandError, ShardUnavailableError
+
+__all__ = [
+    "Decision",
+    "Redirect",
+    "RedirectPolicy",
+    "is_ask",
+    "is_cross_slot",
+    "is_moved",
+    "is_tryagain",
+    "parse_redirect",
+]
+
+_REDIRECT_TEXT = re.compile(r"^(MOVED|ASK) (\d+) (\S*):(\d+)$")
+
+
+@dataclass(frozen=True)
+class Redirect:
+    """``MOVED`` (the slot now lives at ``host:port``) or ``ASK`` (this one command only)."""
+
+    kind: Literal["MOVED", "ASK"]
+    slot: int
+    host: str
+    port: int
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def _reply(err: BaseException | str) -> BaseException | str | None:
+    return err.reply if isinstance(err, CommandError) else err
+
+
+def is_moved(err: BaseException | str) -> bool:
+    """The slot has a new owner: update the map and retry there."""
+    reply = _reply(err)
+    return isinstance(reply, MovedError) or (isinstance(reply, str) and reply.startswith("MOVED "))
+
+
+def is_ask(err: BaseException | str) -> bool:
+    """The key is being migrated: retry this command once on the target, after ASKING."""
+    reply = _reply(err)
+    if isinstance(reply, AskError):
+        return not isinstance(reply, MovedError)  # redis-py makes MovedError an AskError
+    return isinstance(reply, str) and reply.startswith("ASK ")
+
+
+def is_tryagain(err: BaseException | str) -> bool:
+    """A multi-key command hit keys split by a migration: retry after a short pause."""
+    reply = _reply(err)
+    return isinstance(reply, TryAgainError) or (
+        isinstance(reply, str) and reply.startswith("TRYAGAIN")
+    )
+
+
+def is_cross_slot(err: BaseException | str) -> bool:
+    """A multi-key command named keys of several slots: never retried, a caller's bug."""
+    reply = _reply(err)
+    return isinstance(reply, ClusterCrossSlotError) or (
+        isinstance(reply, str) and reply.startswith("CROSSSLOT")
+    )
+
+
+def is_cluster_down(err: BaseException | str) -> bool:
+    reply = _reply(err)
+    return isinstance(reply, ClusterDownError) or (
+        isinstance(reply, str) and reply.startswith("CLUSTERDOWN")
+    )
+
+
+def parse_redirect(err: BaseException | str) -> Redirect | None:
+    """The redirect in a MOVED or ASK error (redis-py exception, `CommandError`, or the raw
+    reply text such as ``"MOVED 3999 127.0.0.1:6381"``); None for any other error."""
+    reply = _reply(err)
+    if isinstance(reply, AskError):
+        kind: Literal["MOVED", "ASK"] = "MOVED" if isinstance(reply, MovedError) else "ASK"
+        return Redirect(kind, int(reply.slot_id), reply.host, int(reply.port))
+    if isinstance(reply, str):
+        match = _REDIRECT_TEXT.match(reply.strip())
+        if match:
+            kind = "MOVED" if match.group(1) == "MOVED" else "ASK"
+            host = match.group(3).strip("[]")
+            return Redirect(kind, int(match.group(2)), host, int(match.group(4)))
+    return None
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The next step: follow a redirect, wait and retry, re-read the slot map, or give up."""
+
+    action: Literal["moved", "ask", "retry", "refresh", "raise"]
+    redirect: Redirect | None = None
+    delay: float = 0.0
+
+
+class RedirectPolicy:
+    """Decides, after attempt number ``attempt`` (0-based) failed with ``err``, what to do.
+
+    MOVED and ASK are followed at once; TRYAGAIN and CLUSTERDOWN wait (a little longer each
+    time) and retry; an unreachable node triggers a slot-map refresh when retrying is safe
+    (the command never reached the node, or it is a read); anything else is the caller's.
+    Nothing is retried past ``max_attempts`` attempts.
+    """
+
+    def __init__(
+        self, max_attempts: int = 5, retry_delay: float = 0.02, down_delay: float = 0.1
+    ) -> None:
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        self.max_attempts = max_attempts
+        self.retry_delay = retry_delay
+        self.down_delay = down_delay
+
+    def decide(self, err: BaseException, attempt: int, *, idempotent: bool) -> Decision:
+        if attempt + 1 >= self.max_attempts:
+            return Decision("raise")
+        if isinstance(err, ShardUnavailableError):
+            if idempotent or not err.sent:
+                return Decision("refresh", delay=self.down_delay * (attempt + 1))
+            return Decision("raise")
+        redirect = parse_redirect(err)
+        if redirect is not None:
+            return Decision("moved" if redirect.kind == "MOVED" else "ask", redirect)
+        if is_tryagain(err):
+            return Decision("retry", delay=self.retry_delay * (attempt + 1))
+        if is_cluster_down(err):
+            return Decision("refresh", delay=self.down_delay * (attempt + 1))
+        return Decision("raise")
+
+    def follows(self, err: BaseException) -> bool:
+        """Whether ``err`` is one this policy would retry at all (for replies in a batch)."""
+        return parse_redirect(err) is not None or is_tryagain(err) or is_cluster_down(err)
