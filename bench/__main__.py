@@ -1,12 +1,12 @@
-"""``python -m bench cache`` (default) or ``python -m bench startup``; ``--help`` for options."""
+"""``python -m bench [cache|cluster|startup]`` (cache by default); ``--help`` for options."""
 
 from __future__ import annotations
 
 import sys
 
-from bench import cache, startup
+from bench import cache, cluster, startup
 
-BENCHMARKS = {"cache": cache.main, "startup": startup.main}
+BENCHMARKS = {"cache": cache.main, "cluster": cluster.main, "startup": startup.main}
 
 
 def run(argv: list[str]) -> None:

@@ -30,10 +30,14 @@ __all__ = ["Batch", "ConnectionPool", "RedisShard"]
 IO_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 
 _hiredis_pack: Any
+_HiredisReader: Any
+_NOT_ENOUGH_DATA: Any
 try:
+    from hiredis import Reader as _HiredisReader
     from hiredis import pack_command as _hiredis_pack
-except ImportError:  # pragma: no cover - hiredis is optional
-    _hiredis_pack = None
+    from redis._parsers.hiredis import NOT_ENOUGH_DATA as _NOT_ENOUGH_DATA
+except ImportError:  # pragma: no cover - hiredis is optional; redis-py may move its marker
+    _hiredis_pack = _HiredisReader = _NOT_ENOUGH_DATA = None
 
 
 def _pack(conn: AbstractConnection, args: Sequence[Any]) -> Any:
@@ -42,6 +46,38 @@ def _pack(conn: AbstractConnection, args: Sequence[Any]) -> Any:
     if _hiredis_pack is not None:
         return [_hiredis_pack(tuple(args))]
     return conn.pack_command(*args)
+
+
+def _read_many(conn: AbstractConnection, count: int) -> list[Any]:
+    """Read ``count`` replies; error replies come back as ``ResponseError`` values.
+
+    redis-py reads one reply per call, and its ``Connection.read_response`` formats an error
+    prefix and checks health each time: for the hundred replies of a cluster batch that is
+    more than the parsing. With hiredis we drain its reader in one loop, refilling it through
+    redis-py's own socket read; otherwise we fall back to redis-py's parser reply by reply.
+    """
+    parser = getattr(conn, "_parser", None)
+    reader = getattr(parser, "_reader", None)
+    refill = getattr(parser, "read_from_socket", None)
+    replies: list[Any] = []
+    if _NOT_ENOUGH_DATA is not None and isinstance(reader, _HiredisReader) and refill:
+        gets = reader.gets
+        while len(replies) < count:
+            reply = gets()
+            if reply is _NOT_ENOUGH_DATA:
+                refill()
+            elif isinstance(reply, RedisConnectionError):
+                raise reply
+            else:
+                replies.append(reply)
+        return replies
+    read = getattr(parser, "read_response", None) or conn.read_response
+    for _ in range(count):
+        try:
+            replies.append(read())
+        except ResponseError as exc:
+            replies.append(exc)
+    return replies
 
 
 def _pack_many(conn: AbstractConnection, commands: Sequence[Sequence[Any]]) -> Any:
@@ -171,13 +207,8 @@ class Batch:
     def finish(self) -> list[Any]:
         """The replies in order; an error reply is a `CommandError` in its place."""
         conn = self._conn
-        replies: list[Any] = []
         try:
-            for _ in range(self._count):
-                try:
-                    replies.append(conn.read_response())
-                except ResponseError as exc:
-                    replies.append(CommandError(str(exc), shard=self.shard.id, reply=exc))
+            replies = _read_many(conn, self._count)
         except IO_ERRORS as exc:
             self.shard.pool.discard(conn)
             raise ShardUnavailableError(str(exc), shard=self.shard.id) from exc
@@ -185,6 +216,9 @@ class Batch:
             self.shard.pool.discard(conn)
             raise
         self.shard.pool.release(conn)
+        for i, reply in enumerate(replies):
+            if isinstance(reply, ResponseError):
+                replies[i] = CommandError(str(reply), shard=self.shard.id, reply=reply)
         return replies
 
 

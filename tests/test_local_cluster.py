@@ -19,8 +19,9 @@ def cluster_client(port: int) -> RedisPyCluster:
 
 
 def test_cluster_is_three_masters_each_with_an_attached_replica(
-    redis_cluster: RedisCluster,
+    clean_redis_cluster: RedisCluster,
 ) -> None:
+    redis_cluster = clean_redis_cluster
     # Checked with CLUSTER SHARDS on every node, independently of the fixture's own readiness test.
     for node in redis_cluster.nodes:
         with node.client() as conn:

@@ -13,8 +13,9 @@ from shardcache.testing import RedisSentinel, wait_until
 
 
 def test_every_sentinel_reports_both_masters_with_replica_and_peers(
-    redis_sentinel: RedisSentinel,
+    clean_redis_sentinel: RedisSentinel,
 ) -> None:
+    redis_sentinel = clean_redis_sentinel
     for sentinel in redis_sentinel.sentinels:
         with sentinel.client() as conn:
             masters = conn.sentinel_masters()

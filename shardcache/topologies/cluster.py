@@ -123,6 +123,7 @@ class Cluster:
         self._refresh_lock = threading.Lock()
         self._refreshed_at = 0.0
         self._map = _SlotMap([None] * CLUSTER_SLOTS, [()] * CLUSTER_SLOTS)
+        self._owners: list[ClusterNode] = []  # the master node of each slot, for the hot path
         self._slot_memo: dict[bytes, int] = {}
         self._redis: redis.cluster.RedisCluster | None = None
         self.refresh()
@@ -165,10 +166,13 @@ class Cluster:
             errors: list[str] = []
             for address in dict.fromkeys([*known, *self._startup]):
                 try:
-                    self._map = self._read_map(self.node(address))
+                    new_map = self._read_map(self.node(address))
                 except (ShardError, ValueError, KeyError, IndexError) as exc:
                     errors.append(f"{address}: {exc}")
                     continue
+                nodes = {a: self.node(a) for a in set(new_map.masters) if a}
+                self._owners = [nodes[a] for a in new_map.masters if a]
+                self._map = new_map
                 self._refreshed_at = time.monotonic()
                 return
         raise ShardUnavailableError(
@@ -215,14 +219,10 @@ class Cluster:
         # A MOVED reply is the news that one slot changed owner: patch just that slot.
         self._map.masters[redirect.slot] = redirect.address
         self._map.replicas[redirect.slot] = ()
+        self._owners[redirect.slot] = self.node(redirect.address)
 
     def master_of(self, slot_number: int) -> ClusterNode:
-        address = self._map.masters[slot_number]
-        if address is None:
-            self.refresh()
-            address = self._map.masters[slot_number]
-            assert address is not None
-        return self.node(address)
+        return self._owners[slot_number]
 
     def _route(self, slot_number: int, read: bool) -> ClusterNode:
         if read and self.read_from_replicas:
@@ -367,18 +367,22 @@ class Cluster:
     def group(self, keys: Iterable[bytes], *, read: bool = False) -> dict[Shard, list[list[bytes]]]:
         # One run per slot (multi-key commands must stay in one slot); the runs of one
         # node travel in one pipeline.
+        keys = keys if isinstance(keys, list) else list(keys)
+        known = list(map(self._slot_memo.get, keys))
+        if None in known:
+            known = [self.slot(k) if n is None else n for k, n in zip(keys, known, strict=True)]
         by_slot: dict[int, list[bytes]] = {}
-        slot_of = self.slot
-        for key in keys:
-            number = slot_of(key)
-            run = by_slot.get(number)
+        for key, number in zip(keys, known, strict=True):
+            run = by_slot.get(number)  # type: ignore[arg-type]
             if run is None:
-                by_slot[number] = [key]
+                by_slot[number] = [key]  # type: ignore[index]
             else:
                 run.append(key)
         groups: dict[Shard, list[list[bytes]]] = {}
+        owners = self._owners
+        replicas = read and self.read_from_replicas
         for number, run in by_slot.items():
-            node = self._route(number, read)
+            node = self._route(number, True) if replicas else owners[number]
             runs = groups.get(node)
             if runs is None:
                 groups[node] = [run]
