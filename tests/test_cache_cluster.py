@@ -233,3 +233,69 @@ def test_cache_serves_the_slot_again_soon_after_its_master_fails_over(
         f"cluster failover: cache served the slot {time.monotonic() - began:.2f}s after promotion"
     )
     assert cache.get("k") == "after"
+
+
+def test_a_moved_reply_patches_the_slot_map_without_a_refresh(
+    cluster: Cluster, clean_redis_cluster: RedisCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = Cache(cluster, prefix="t:")
+    cache.set("k", "v")
+    number = cluster.slot(b"t:k")
+    target = next(
+        m for m in clean_redis_cluster.masters if m.address != cluster.master_of(number).id
+    )
+    clean_redis_cluster.migrate_slot(number, target)  # behind the client's back
+    refreshes: list[bool] = []
+    real_refresh = Cluster.refresh
+    monkeypatch.setattr(
+        Cluster, "refresh", lambda self: refreshes.append(True) or real_refresh(self)
+    )
+    assert cache.get("k") == "v"  # MOVED, then served by the new owner
+    assert cluster.master_of(number).id == target.address
+    assert refreshes == []
+
+
+def test_get_many_of_a_half_migrated_slot_answers_key_by_key(
+    cluster: Cluster, clean_redis_cluster: RedisCluster
+) -> None:
+    cache = Cache(cluster, prefix="t:")
+    cache.set_many({"{s}a": 1, "{s}b": 2})
+    number = cluster.slot(b"t:{s}")
+    source = clean_redis_cluster.owner_of(number)
+    target = next(m for m in clean_redis_cluster.masters if m is not source)
+    migration = clean_redis_cluster.begin_slot_migration(number, target)
+    assert migration.move_keys(limit=1) == 1  # one key there, one here: MGET gets TRYAGAIN
+    assert cache.get_many(["{s}a", "{s}b"]) == {"{s}a": 1, "{s}b": 2}
+    assert cache.delete_many(["{s}a", "{s}b"]) == 2
+    migration.finish()
+
+
+def test_slot_map_falls_back_to_cluster_slots_when_shards_is_refused(
+    clean_redis_cluster: RedisCluster,
+) -> None:
+    for node in clean_redis_cluster.nodes:  # a user that may not run CLUSTER SHARDS
+        with node.client() as conn:
+            conn.acl_setuser(
+                "old",
+                enabled=True,
+                passwords=["+pw"],
+                keys=["*"],
+                commands=["+@all", "-cluster|shards"],
+            )
+    try:
+        address = clean_redis_cluster.nodes[0].address
+        limited = Cluster([f"redis://old:pw@{address}"])
+        with pytest.raises(CommandError, match=r"(?i)noperm|permission"):
+            limited.node(address).shard.execute(b"CLUSTER", b"SHARDS")
+        full = cluster_for(clean_redis_cluster)
+        assert [n.id for n in limited._owners] == [n.id for n in full._owners]
+        assert Cache(limited).set("k", 1)
+        stats = limited.stats()
+        assert sorted(s["role"] for s in stats.values()) == ["master"] * 3 + ["slave"] * 3
+        assert sum(s["slots"] for s in stats.values()) == 16384
+        limited.close()
+        full.close()
+    finally:
+        for node in clean_redis_cluster.nodes:
+            with node.client() as conn:
+                conn.acl_deluser("old")
