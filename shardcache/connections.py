@@ -113,6 +113,7 @@ class ConnectionPool:
         self._waiters = 0
         self._cond = threading.Condition(threading.Lock())
         self._pid = os.getpid()
+        self.closed = False
 
     def acquire(self) -> AbstractConnection:
         if self._pid != os.getpid():
@@ -150,6 +151,10 @@ class ConnectionPool:
     def release(self, conn: AbstractConnection) -> None:
         if self._pid != os.getpid():
             return  # a connection of the parent process: never reuse its socket here
+        if self.closed:  # e.g. the master it leads to was failed over meanwhile
+            conn.disconnect()
+            self._forget_one()
+            return
         self._idle.append(conn)
         if self._waiters:
             with self._cond:
@@ -166,6 +171,11 @@ class ConnectionPool:
         with self._cond:
             self._created -= 1
             self._cond.notify()
+
+    def close(self) -> None:
+        """Close idle connections now and every connection in use when it comes back."""
+        self.closed = True
+        self.reset()
 
     def reset(self) -> None:
         """Close every idle connection (those in use are closed when they come back broken)."""
@@ -232,6 +242,7 @@ class RedisShard:
         *,
         max_connections: int = 64,
         pool_timeout: float = 5.0,
+        factory: Callable[[], AbstractConnection] | None = None,
     ) -> None:
         self.id = shard_id
         kwargs = dict(connection_kwargs)
@@ -240,7 +251,7 @@ class RedisShard:
         self._kwargs = kwargs
         self._max_connections = max_connections
         self.pool = ConnectionPool(
-            lambda: connection_class(**kwargs),
+            factory or (lambda: connection_class(**kwargs)),
             max_connections=max_connections,
             timeout=pool_timeout,
             name=shard_id,
@@ -324,7 +335,7 @@ class RedisShard:
             return self._client
 
     def close(self) -> None:
-        self.pool.reset()
+        self.pool.close()
         with self._client_lock:
             if self._client is not None:
                 self._client.close()

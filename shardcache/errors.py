@@ -11,7 +11,8 @@ catch the library's failures in one clause without catching unrelated bugs::
     ├── ShardError                a server-side problem on one shard (names the shard and key)
     │   ├── ShardUnavailableError the shard cannot be reached: refused, timed out, pool exhausted
     │   ├── CommandError          the shard answered with an error (WRONGTYPE, not an integer...)
-    │   └── RedirectsExhaustedError  a cluster kept redirecting (MOVED/ASK/TRYAGAIN) too long
+    │   ├── RedirectsExhaustedError  a cluster kept redirecting (MOVED/ASK/TRYAGAIN) too long
+    │   └── SentinelError         no sentinel answers, or none knows the master name
     ├── CrossSlotError            keys given together span several cluster slots
     └── LocalServerError          shardcache.testing could not run a local server
         ├── BinaryNotFoundError   the server program is not installed
@@ -33,6 +34,7 @@ __all__ = [
     "MissingKeyError",
     "PortInUseError",
     "RedirectsExhaustedError",
+    "SentinelError",
     "SerializationError",
     "ServerNotReadyError",
     "ShardError",
@@ -63,7 +65,13 @@ class SerializationError(ShardcacheError):
 
 
 class ShardError(ShardcacheError):
-    """A problem on one shard; ``shard`` names it and ``key`` is the key involved, if any."""
+    """A problem on one shard; ``shard`` names it and ``key`` is the key involved, if any.
+
+    ``sentinel_err`` is True only for `SentinelError`: the problem is with the sentinels
+    (the Go sentinel client's ``ClientError.SentinelErr``), not with a Redis server.
+    """
+
+    sentinel_err = False
 
     def __init__(self, message: str, *, shard: str = "", key: bytes | str | None = None) -> None:
         where = f" on shard {shard}" if shard else ""
@@ -111,6 +119,12 @@ class CommandError(ShardError):
 class RedirectsExhaustedError(ShardError):
     """A cluster command was still redirected (MOVED, ASK, TRYAGAIN, node down) after the
     configured number of attempts."""
+
+
+class SentinelError(ShardError):
+    """The sentinels cannot say who the master is: none reachable, or the name is unknown."""
+
+    sentinel_err = True
 
 
 class CrossSlotError(ShardcacheError, ValueError):

@@ -11,6 +11,7 @@ from shardcache.topologies.redirects import (
     is_tryagain,
     parse_redirect,
 )
+from shardcache.topologies.sentinel import SentinelClient, SentinelMaster
 
 __all__ = [
     "Binding",
@@ -19,6 +20,8 @@ __all__ = [
     "HashPool",
     "Redirect",
     "RedirectPolicy",
+    "SentinelClient",
+    "SentinelMaster",
     "is_ask",
     "is_cross_slot",
     "is_moved",

@@ -1,0 +1,493 @@
+"""Sentinel-managed Redis masters (after the Go sentinel client: one pool per named master).
+
+Ours: one lean pool per named master; watcher threads (one per sentinel, so a dead sentinel
+costs nothing) that follow the failover events and swap the pool at once, holding commands
+for the moment a replica is being promoted so that none reaches the old master then; the
+re-ask on connection errors and READONLY replies, which trusts the sentinel with the newest
+config epoch; and the ``sentinel_err`` flag. redis-py's ``Sentinel`` keeps the connections to
+the sentinels and lists replicas.
+
+Reads go to the master: reading from replicas serves stale data around every failover, so it
+is only ever done on request (`SentinelClient.replica`).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import redis
+import redis.sentinel
+from redis.backoff import NoBackoff
+from redis.connection import AbstractConnection
+from redis.exceptions import ReadOnlyError
+from redis.retry import Retry
+
+from shardcache.config import RedisAddress
+from shardcache.connections import Batch, RedisShard
+from shardcache.errors import (
+    CommandError,
+    ConfigurationError,
+    SentinelError,
+    ShardUnavailableError,
+)
+from shardcache.hashing import HashFunction, Selector, make_selector
+from shardcache.protocols import Shard
+
+__all__ = ["SentinelClient", "SentinelMaster"]
+
+logger = logging.getLogger("shardcache")
+
+ConnectionFactory = Callable[[str, int], AbstractConnection]
+_READS = frozenset({b"GET", b"MGET", b"EXISTS", b"PTTL", b"TTL"})
+_REASK_INTERVAL = 0.05  # seconds: concurrent failures share one question to the sentinels
+_EVENTS = (
+    "+switch-master",
+    "+promoted-slave",
+    "+failover-state-send-slaveof-noone",
+    "+failover-end",
+    "+failover-end-for-timeout",
+    "-failover-abort-not-elected",
+    "-failover-abort-no-good-slave",
+    "-failover-abort-slave-timeout",
+)
+
+
+def _is_demoted(error: CommandError) -> bool:
+    # The old master, now a replica, refuses writes: they were not applied, ask again.
+    return isinstance(error.reply, ReadOnlyError)
+
+
+class SentinelClient:
+    """Named masters found through sentinels, one bounded connection pool each.
+
+    ``sentinels`` are ``host:port`` strings or ``(host, port)`` pairs; ``names`` the masters
+    to serve. As a topology for `Cache`, keys are hashed over ``names`` with ``hash`` (one
+    name: a single-shard topology). ``connection_factory(host, port)`` builds the connections
+    to the masters (auth, TLS, timeouts), like the Go client's DialFunc; without it they are
+    redis-py connections with ``username``/``password`` and the timeouts given.
+    """
+
+    def __init__(
+        self,
+        sentinels: Sequence[str | tuple[str, int]],
+        names: Sequence[str],
+        *,
+        pool_size: int = 64,
+        connection_factory: ConnectionFactory | None = None,
+        connect_timeout: float = 1.0,
+        read_timeout: float = 3.0,
+        username: str | None = None,
+        password: str | None = None,
+        db: int = 0,
+        sentinel_username: str | None = None,
+        sentinel_password: str | None = None,
+        hash: str | HashFunction | Selector = "fnv1a_32",
+        watch: bool = True,
+        failover_pause: float = 5.0,
+    ) -> None:
+        if isinstance(names, str) or not names:
+            raise ConfigurationError("SentinelClient needs a list of one or more master names")
+        if isinstance(sentinels, str) or not sentinels:
+            raise ConfigurationError("SentinelClient needs a list of sentinel addresses")
+        addresses = []
+        for item in sentinels:
+            parsed = (
+                RedisAddress(host=item[0], port=int(item[1]))
+                if isinstance(item, tuple)
+                else RedisAddress.parse(item)
+            )
+            addresses.append((parsed.host, parsed.port))
+        sentinel_kwargs: dict[str, Any] = {
+            "socket_connect_timeout": connect_timeout,
+            "socket_timeout": read_timeout,
+            "retry": Retry(NoBackoff(), 0),
+        }
+        if sentinel_username is not None:
+            sentinel_kwargs["username"] = sentinel_username
+        if sentinel_password is not None:
+            sentinel_kwargs["password"] = sentinel_password
+        self.sentinel = redis.sentinel.Sentinel(addresses, sentinel_kwargs=sentinel_kwargs)
+        self.names = list(names)
+        self._pool_size = pool_size
+        self._pool_timeout = connect_timeout
+        self._factory = connection_factory
+        self._kwargs: dict[str, Any] = {
+            "socket_connect_timeout": connect_timeout,
+            "socket_timeout": read_timeout,
+            "retry": Retry(NoBackoff(), 0),
+            "db": db,
+            "username": username,
+            "password": password,
+        }
+        self._lock = threading.Lock()
+        self._current: dict[str, RedisShard] = {}
+        self._asked_at: dict[str, float] = {}
+        self._epochs: dict[str, int] = {}
+        self._lent: dict[int, tuple[AbstractConnection, RedisShard]] = {}
+        for name in self.names:
+            address, self._epochs[name] = self.ask(name)
+            self._current[name] = self._pool_for(address)
+        self._masters = [SentinelMaster(self, name) for name in self.names]
+        self._select = make_selector(hash, self.names)
+        self._closed = threading.Event()
+        self.failover_pause = failover_pause
+        self._gates = {name: threading.Event() for name in self.names}
+        self._pause_until = dict.fromkeys(self.names, 0.0)
+        for gate in self._gates.values():
+            gate.set()
+        self._subscribed: set[tuple[str, int]] = set()
+        self._watchers = [
+            threading.Thread(
+                target=self._watch,
+                args=(sentinel,),
+                name=f"shardcache-sentinel-watcher-{i}",
+                daemon=True,
+            )
+            for i, sentinel in enumerate(self.sentinel.sentinels if watch else [])
+        ]
+        for watcher in self._watchers:
+            watcher.start()
+
+    def __repr__(self) -> str:
+        return f"<SentinelClient {self.masters_now()}>"
+
+    # --- asking the sentinels ---------------------------------------------------------------
+
+    def ask_master(self, name: str) -> tuple[str, int]:
+        """The master of ``name``: `ask` without the epoch."""
+        return self.ask(name)[0]
+
+    def ask(self, name: str) -> tuple[tuple[str, int], int]:
+        """The master of ``name`` and its config epoch, from every sentinel that answers:
+        the answer with the highest epoch wins, because right after a failover the sentinels
+        that did not lead it still name the old master for a second or two.
+
+        `SentinelError` (``sentinel_err=True``) when no sentinel answers or none knows it.
+        """
+        failures: list[str] = []
+        answered = 0
+        best: tuple[int, tuple[str, int]] | None = None
+        for sentinel in self.sentinel.sentinels:
+            try:
+                state: dict[str, Any] = sentinel.sentinel_master(name)  # type: ignore[assignment]
+            except redis.ResponseError:  # "No such master with that name"
+                answered += 1
+                continue
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                failures.append(str(exc))
+                continue
+            answered += 1
+            host = state["ip"].decode() if isinstance(state["ip"], bytes) else str(state["ip"])
+            candidate = (int(state.get("config-epoch", 0)), (host, int(state["port"])))
+            if best is None or candidate[0] > best[0]:
+                best = candidate
+        if best is not None:
+            return best[1], best[0]
+        if answered:
+            raise SentinelError(f"no sentinel knows a master named {name!r}", shard=name)
+        raise SentinelError(
+            f"no sentinel reachable to find master {name!r}: " + "; ".join(failures), shard=name
+        )
+
+    def masters_now(self) -> dict[str, str]:
+        """The master address each name's pool leads to now."""
+        return {name: shard.id for name, shard in self._current.items()}
+
+    def _pool_for(self, address: tuple[str, int]) -> RedisShard:
+        host, port = address
+        factory = None
+        if self._factory is not None:
+            user_factory = self._factory
+            factory = lambda: user_factory(host, port)  # noqa: E731
+        return RedisShard(
+            f"{host}:{port}",
+            {**self._kwargs, "host": host, "port": port},
+            max_connections=self._pool_size,
+            pool_timeout=self._pool_timeout,
+            factory=factory,
+        )
+
+    def _switch(
+        self, name: str, address: tuple[str, int], epoch: int | None, *, force: bool = False
+    ) -> bool:
+        """Point ``name`` at ``address``; True if that changed anything.
+
+        A sentinel's answer (with its ``epoch``) older than what we already follow is
+        ignored, so a lagging sentinel cannot send us back to a master that was replaced,
+        unless ``force`` (our master itself refused to act as one). A pub/sub event
+        (``epoch=None``) is news: it counts as newer than anything asked so far.
+        """
+        wanted = f"{address[0]}:{address[1]}"
+        with self._lock:
+            known = self._epochs[name]
+            if epoch is None:
+                epoch = known + 1
+            elif epoch < known and not force:
+                return False
+            self._epochs[name] = max(epoch, known) if not force else epoch
+            old = self._current[name]
+            if old.id == wanted:
+                return False
+            self._current[name] = self._pool_for(address)
+        logger.info("shardcache: master %s moved from %s to %s", name, old.id, wanted)
+        old.close()  # idle connections now; lent ones when they come back
+        return True
+
+    def reask(self, name: str, seen: RedisShard, *, demoted: bool = False) -> bool:
+        """After a failure on ``seen``: ask the sentinels again and switch if the master moved
+        (``demoted``: ``seen`` answered that it is a replica now). True when ``name`` now
+        leads elsewhere than ``seen``."""
+        if self._current[name] is not seen:
+            return True  # somebody (the watcher, another thread) already switched
+        now = time.monotonic()
+        if now - self._asked_at.get(name, 0.0) >= _REASK_INTERVAL:
+            self._asked_at[name] = now
+            try:
+                address, epoch = self.ask(name)
+                self._switch(name, address, epoch, force=demoted)
+            except SentinelError as exc:
+                logger.warning("shardcache: %s", exc)
+        return self._current[name] is not seen
+
+    # --- the Go client's API -----------------------------------------------------------------
+
+    def current(self, name: str) -> RedisShard:
+        try:
+            return self._current[name]
+        except KeyError:
+            raise SentinelError(f"{name!r} is not one of {self.names}", shard=name) from None
+
+    def get_master(self, name: str) -> AbstractConnection:
+        """A pooled redis-py connection to the master of ``name`` as of now."""
+        shard = self.current(name)
+        conn = shard.pool.acquire()
+        self._lent[id(conn)] = (conn, shard)
+        return conn
+
+    def put_master(self, name: str, conn: AbstractConnection) -> None:
+        """Give back a connection from `get_master`; one lent before a failover is closed
+        instead of being pooled (its pool was closed when the master moved)."""
+        _, shard = self._lent.pop(id(conn), (conn, self.current(name)))
+        shard.pool.release(conn)
+
+    @contextmanager
+    def master(self, name: str) -> Iterator[AbstractConnection]:
+        """``with client.master("bucket0") as conn:``: `get_master`, then `put_master` (or
+        close the connection if the block raised)."""
+        conn = self.get_master(name)
+        try:
+            yield conn
+        except BaseException:
+            _, shard = self._lent.pop(id(conn), (conn, self.current(name)))
+            shard.pool.discard(conn)
+            raise
+        self.put_master(name, conn)
+
+    def replica(self, name: str) -> RedisShard:
+        """A replica of ``name`` (one of those the sentinels see as healthy), for reads that
+        may be stale; `SentinelError` when there is none."""
+        try:
+            replicas = self.sentinel.discover_slaves(name)
+        except redis.RedisError as exc:
+            raise SentinelError(str(exc), shard=name) from exc
+        if not replicas:
+            raise SentinelError(f"{name!r} has no healthy replica", shard=name)
+        return self._pool_for(random.choice(replicas))
+
+    # --- the watcher -------------------------------------------------------------------------
+
+    @property
+    def watching(self) -> list[tuple[str, int]]:
+        """The sentinels whose events the watcher is subscribed to now."""
+        return sorted(self._subscribed)
+
+    def _watch(self, sentinel: redis.Redis) -> None:
+        """Follow one sentinel's failover events, reconnecting after any connection problem
+        and then asking again about every master (a message may have been missed). One such
+        watcher runs per sentinel: only the sentinel leading a failover announces its early
+        steps, and any of them may be down."""
+        kwargs = sentinel.connection_pool.connection_kwargs
+        address = (kwargs["host"], kwargs["port"])
+        while not self._closed.is_set():
+            pubsub = sentinel.pubsub(ignore_subscribe_messages=True)
+            try:
+                pubsub.subscribe(*_EVENTS)
+                self._subscribed.add(address)
+                for name in self.names:
+                    self._catch_up(name)
+                while not self._closed.is_set():
+                    message = pubsub.get_message(timeout=0.5)
+                    if message is not None:
+                        self._on_event(message["channel"], message["data"])
+            except (redis.ConnectionError, redis.TimeoutError, OSError, SentinelError):
+                pass
+            finally:
+                self._subscribed.discard(address)
+                pubsub.close()
+            self._closed.wait(0.2)
+
+    def _catch_up(self, name: str) -> None:
+        try:
+            address, epoch = self.ask(name)
+            self._switch(name, address, epoch)
+        except SentinelError as exc:
+            logger.warning("shardcache: %s", exc)
+
+    def _on_event(self, channel: bytes | str, data: bytes | str) -> None:
+        channel = channel.decode() if isinstance(channel, bytes) else channel
+        fields = (data.decode() if isinstance(data, bytes) else data).split()
+        if channel == "+switch-master" and len(fields) == 5:
+            self._promoted(fields[0], (fields[3], int(fields[4])))
+        elif len(fields) == 8 and fields[4] == "@" and fields[5] in self._gates:
+            # "slave <ip:port> <ip> <port> @ <name> <master ip> <master port>"
+            if channel == "+failover-state-send-slaveof-noone":
+                self._pause(fields[5])
+            elif channel == "+promoted-slave":
+                self._promoted(fields[5], (fields[2], int(fields[3])))
+        elif len(fields) == 4 and fields[0] == "master" and fields[1] in self._gates:
+            self._gates[fields[1]].set()  # the failover ended or was aborted
+
+    def _pause(self, name: str) -> None:
+        # The leader is about to promote a replica: from now on, what reaches the old
+        # master would be lost when it is demoted, so hold the commands of this name until
+        # the promotion is seen (at most failover_pause seconds), as Redis's own FAILOVER
+        # pauses its clients.
+        if self.failover_pause > 0:
+            self._pause_until[name] = time.monotonic() + self.failover_pause
+            self._gates[name].clear()
+
+    def _promoted(self, name: str, address: tuple[str, int]) -> None:
+        if name in self._current:
+            self._switch(name, address, None)
+            self._gates[name].set()
+
+    def wait_if_paused(self, name: str) -> None:
+        """Block while a failover of ``name`` is promoting a replica (bounded)."""
+        gate = self._gates[name]
+        if gate.is_set():
+            return
+        remaining = self._pause_until[name] - time.monotonic()
+        if remaining <= 0 or not gate.wait(remaining):
+            gate.set()  # the promotion was not seen in time: go on with what we know
+
+    def close(self) -> None:
+        """Stop the watcher and close every pool. Not safe while other threads use it."""
+        self._closed.set()
+        for watcher in self._watchers:
+            watcher.join(timeout=5)
+        for shard in self._current.values():
+            shard.close()
+        for sentinel in self.sentinel.sentinels:
+            sentinel.close()
+
+    # --- the shard protocol ----------------------------------------------------------------
+
+    def shard_for(self, key: bytes, *, read: bool = False) -> SentinelMaster:
+        return self._masters[self._select(key)] if len(self._masters) > 1 else self._masters[0]
+
+    def group(self, keys: Iterable[bytes], *, read: bool = False) -> dict[Shard, list[list[bytes]]]:
+        if len(self._masters) == 1:
+            return {self._masters[0]: [list(keys)]}
+        runs: list[list[bytes]] = [[] for _ in self._masters]
+        select = self._select
+        for key in keys:
+            runs[select(key)].append(key)
+        return {master: [run] for master, run in zip(self._masters, runs, strict=True) if run}
+
+    def shards(self) -> list[SentinelMaster]:
+        return list(self._masters)
+
+
+class SentinelMaster:
+    """The master of one name as a shard: it follows the name's current pool, and after a
+    connection error or a READONLY reply asks the sentinels again and retries once, when the
+    master has moved and retrying cannot apply a command twice."""
+
+    def __init__(self, owner: SentinelClient, name: str) -> None:
+        self.owner = owner
+        self.name = name
+        self.id = name
+
+    def __repr__(self) -> str:
+        return f"<SentinelMaster {self.name} at {self.owner.current(self.name).id}>"
+
+    def execute(self, *args: Any, key: bytes | None = None, idempotent: bool = False) -> Any:
+        self.owner.wait_if_paused(self.name)
+        shard = self.owner.current(self.name)
+        try:
+            return shard.execute(*args, key=key, idempotent=idempotent)
+        except ShardUnavailableError as exc:
+            moved = self.owner.reask(self.name, shard)
+            if not moved or (exc.sent and not idempotent):
+                raise
+        except CommandError as exc:
+            if not _is_demoted(exc) or not self.owner.reask(self.name, shard, demoted=True):
+                raise
+        return self.owner.current(self.name).execute(*args, key=key, idempotent=idempotent)
+
+    def begin(self, commands: Sequence[Sequence[Any]]) -> _SentinelBatch:
+        self.owner.wait_if_paused(self.name)
+        shard = self.owner.current(self.name)
+        try:
+            return _SentinelBatch(self, shard, commands, shard.begin(commands), None)
+        except ShardUnavailableError as exc:
+            return _SentinelBatch(self, shard, commands, None, exc)
+
+    def pipeline(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        return self.begin(commands).finish()
+
+    def scan(self, match: bytes, count: int = 1000) -> Iterator[bytes]:
+        return self.owner.current(self.name).scan(match, count)
+
+    def client(self) -> redis.Redis:
+        return self.owner.current(self.name).client()
+
+    def close(self) -> None:
+        self.owner.current(self.name).close()
+
+
+class _SentinelBatch:
+    """A batch on a master that, if the master turns out to have moved, is sent again to
+    the new one: whole when nothing could have been applied, or just the refused writes."""
+
+    def __init__(
+        self,
+        master: SentinelMaster,
+        shard: RedisShard,
+        commands: Sequence[Sequence[Any]],
+        pending: Batch | None,
+        failure: ShardUnavailableError | None,
+    ) -> None:
+        self.master = master
+        self.shard = shard
+        self.commands = commands
+        self.pending = pending
+        self.failure = failure
+
+    def finish(self) -> list[Any]:
+        client, name = self.master.owner, self.master.name
+        replies: list[Any] = []
+        if self.pending is not None:
+            try:
+                replies = self.pending.finish()
+            except ShardUnavailableError as exc:
+                self.failure = exc
+        if self.failure is not None:
+            safe = not self.failure.sent or all(c[0] in _READS for c in self.commands)
+            if not safe or not client.reask(name, self.shard):
+                raise self.failure
+            return client.current(name).pipeline(self.commands)
+        refused = [
+            i for i, r in enumerate(replies) if isinstance(r, CommandError) and _is_demoted(r)
+        ]
+        if refused and client.reask(name, self.shard, demoted=True):
+            again = client.current(name).pipeline([self.commands[i] for i in refused])
+            for i, reply in zip(refused, again, strict=True):
+                replies[i] = reply
+        return replies
