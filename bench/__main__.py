@@ -1,12 +1,18 @@
-"""``python -m bench [cache|cluster|startup]`` (cache by default); ``--help`` for options."""
+"""``python -m bench [cache|cluster|sentinel|startup]`` (cache by default); ``--help`` for
+options."""
 
 from __future__ import annotations
 
 import sys
 
-from bench import cache, cluster, startup
+from bench import cache, cluster, sentinel, startup
 
-BENCHMARKS = {"cache": cache.main, "cluster": cluster.main, "startup": startup.main}
+BENCHMARKS = {
+    "cache": cache.main,
+    "cluster": cluster.main,
+    "sentinel": sentinel.main,
+    "startup": startup.main,
+}
 
 
 def run(argv: list[str]) -> None:

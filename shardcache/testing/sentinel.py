@@ -10,6 +10,7 @@ from typing import Any
 
 import redis
 
+from shardcache.errors import ServerNotReadyError
 from shardcache.testing._base import HealthRow, Topology
 from shardcache.testing._process import HOST, ServerProcess, pick_port, wait_until
 from shardcache.testing.servers import RedisServer, SentinelServer
@@ -42,7 +43,7 @@ class RedisSentinel(Topology):
         *,
         quorum: int = 2,
         down_after_ms: int = 1500,
-        failover_timeout_ms: int = 3000,
+        failover_timeout_ms: int = 10000,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -219,41 +220,43 @@ class RedisSentinel(Topology):
         sentinels demote it on their own schedule, about ten seconds later, and until then it
         still accepts writes from clients that have not switched.
         """
-        deadline = time.monotonic() + timeout
         old = self.master_address(name)
+        last_request = [-1e9]
 
-        def started() -> bool:
+        def request() -> None:
             try:
-                return bool(self._ask("FAILOVER", name))
-            except redis.ResponseError as exc:  # INPROG or NOGOODSLAVE: not yet possible
-                if "INPROG" in str(exc) or "NOGOODSLAVE" in str(exc):
-                    return False
-                raise
+                self._ask("FAILOVER", name)
+                last_request[0] = time.monotonic()
+            except redis.ResponseError as exc:  # INPROG or NOGOODSLAVE: not possible yet
+                if "INPROG" not in str(exc) and "NOGOODSLAVE" not in str(exc):
+                    raise
 
-        wait_until(
-            started,
-            timeout=timeout,
-            what=f"sentinel to accept a failover of {name}",
-            errors=(OSError, redis.ConnectionError),
-        )
-
-        def moved() -> tuple[str, int] | None:
-            reported = set()
+        def progress() -> tuple[str, int] | None:
+            reported, in_progress = set(), False
             for sentinel in self.sentinels:
                 if sentinel.running:
                     with sentinel.client() as conn:
-                        host, port = conn.sentinel_get_master_addr_by_name(name)
-                    reported.add((host, int(port)))
+                        state = conn.sentinel_master(name)
+                    reported.add((state["ip"], int(state["port"])))
+                    in_progress |= "failover_in_progress" in state["flags"]
             if len(reported) == 1 and old not in reported:
                 return reported.pop()
+            # Nobody moved and nothing is under way: the request was refused or the failover
+            # aborted (on a busy machine the promotion can outlast failover-timeout). Ask
+            # again, but never while any sentinel already names a new master.
+            if reported == {old} and not in_progress and time.monotonic() - last_request[0] > 3:
+                request()
             return None
 
-        new = wait_until(
-            moved,
-            timeout=max(0.0, deadline - time.monotonic()),
-            what=f"every sentinel to report a new {name}",
-            errors=_WAIT_ERRORS,
-        )
+        try:
+            new = wait_until(
+                progress,
+                timeout=timeout,
+                what=f"every sentinel to report a new {name}",
+                errors=_WAIT_ERRORS,
+            )
+        except ServerNotReadyError as exc:
+            raise ServerNotReadyError(f"{exc}\n{self._views(name)}") from exc
         if settle:
             wait_until(
                 functools.partial(self.is_settled, name),
@@ -262,6 +265,23 @@ class RedisSentinel(Topology):
                 errors=_WAIT_ERRORS,
             )
         return new
+
+    def _views(self, name: str) -> str:
+        """What each sentinel thinks of ``name``, and its last log lines: for error messages."""
+        lines = []
+        for sentinel in self.sentinels:
+            try:
+                with sentinel.client() as conn:
+                    state = conn.sentinel_master(name)
+                view = (
+                    f"{state['ip']}:{state['port']} flags={state['flags']} "
+                    f"epoch={state.get('config-epoch')}"
+                )
+            except redis.RedisError as exc:
+                view = f"unreachable ({exc})"
+            log = sentinel.read_log(600).strip().replace("\n", "\n    ")
+            lines.append(f"  {sentinel.label}: {view}\n    {log}")
+        return "\n".join(lines)
 
     # --- Topology API ----------------------------------------------------------------------
 
