@@ -269,3 +269,33 @@ def test_killed_master_under_load_the_client_follows_and_then_nothing_fails(
     )
     assert traffic.errors == errors_at_switch  # after recovery no operation failed
     client.close()
+
+
+def test_connection_factory_builds_the_master_connections(
+    clean_redis_sentinel: RedisSentinel,
+) -> None:
+    made: list[tuple[str, int]] = []
+
+    def factory(host: str, port: int) -> redis.Connection:
+        made.append((host, port))
+        return redis.Connection(host=host, port=port, client_name="shardcache-test")
+
+    client = SentinelClient(
+        clean_redis_sentinel.sentinel_addresses, ["bucket0"], connection_factory=factory
+    )
+    Cache(client).set("k", 1)
+    assert made == [clean_redis_sentinel.master_address("bucket0")]
+    with clean_redis_sentinel.master("bucket0").client() as conn:
+        assert any(c["name"] == "shardcache-test" for c in conn.client_list())
+    client.close()
+
+
+def test_replica_reads_are_on_request_only(
+    client: SentinelClient, clean_redis_sentinel: RedisSentinel
+) -> None:
+    replica = client.replica("bucket1")
+    assert replica.execute(b"ROLE")[0] == b"slave"
+    assert replica.id != client.masters_now()["bucket1"]
+    with pytest.raises(SentinelError, match="not one of"):
+        client.get_master("nope")
+    replica.close()
