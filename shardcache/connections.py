@@ -24,10 +24,13 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shardcache.errors import CommandError, ShardUnavailableError
 
-__all__ = ["Batch", "ConnectionPool", "RedisShard"]
+__all__ = ["READ_COMMANDS", "Batch", "ConnectionPool", "RecoveringBatch", "RedisShard"]
 
 # Socket-level failures: the connection is unusable and the outcome of the command unknown.
 IO_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+
+# Commands the cache layer sends that change nothing: safe to send twice.
+READ_COMMANDS = frozenset({b"GET", b"MGET", b"EXISTS", b"PTTL", b"TTL"})
 
 _hiredis_pack: Any
 _HiredisReader: Any
@@ -229,6 +232,43 @@ class Batch:
         for i, reply in enumerate(replies):
             if isinstance(reply, ResponseError):
                 replies[i] = CommandError(str(reply), shard=self.shard.id, reply=reply)
+        return replies
+
+
+class RecoveringBatch:
+    """A batch on a shard whose topology can repair failures: a whole-batch failure goes to
+    `recover` (by default: raise it), the replies of a successful one through `repair` (by
+    default: as they are). Cluster and sentinel batches override one or both."""
+
+    def __init__(self, shard: RedisShard, commands: Sequence[Sequence[Any]]) -> None:
+        self.commands = commands
+        self._pending: Batch | None = None
+        self._failure: ShardUnavailableError | None = None
+        try:
+            self._pending = shard.begin(commands)
+        except ShardUnavailableError as exc:
+            self._failure = exc
+
+    def finish(self) -> list[Any]:
+        failure = self._failure
+        if self._pending is not None:
+            try:
+                replies = self._pending.finish()
+            except ShardUnavailableError as exc:
+                failure = exc
+            else:
+                return self.repair(replies)
+        assert failure is not None
+        return self.recover(failure)
+
+    @property
+    def only_reads(self) -> bool:
+        return all(command[0] in READ_COMMANDS for command in self.commands)
+
+    def recover(self, failure: ShardUnavailableError) -> list[Any]:
+        raise failure
+
+    def repair(self, replies: list[Any]) -> list[Any]:
         return replies
 
 

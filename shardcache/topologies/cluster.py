@@ -27,7 +27,7 @@ from redis.exceptions import ResponseError
 from redis.retry import Retry
 
 from shardcache.config import RedisAddress
-from shardcache.connections import IO_ERRORS, Batch, RedisShard
+from shardcache.connections import IO_ERRORS, RecoveringBatch, RedisShard
 from shardcache.errors import (
     CommandError,
     ConfigurationError,
@@ -43,7 +43,6 @@ from shardcache.topologies.redirects import Redirect, RedirectPolicy, is_tryagai
 __all__ = ["Binding", "Cluster", "ClusterNode"]
 
 
-_READS = frozenset({b"GET", b"MGET", b"EXISTS", b"PTTL", b"TTL"})
 # Multi-key commands that can be split into one command per key: (the one-key command,
 # how to combine the one-key replies into the multi-key reply).
 _SPLITTABLE: dict[bytes, tuple[bytes, Callable[[list[Any]], Any]]] = {
@@ -436,10 +435,7 @@ class ClusterNode:
         return reply
 
     def begin(self, commands: Sequence[Sequence[Any]]) -> _ClusterBatch:
-        try:
-            return _ClusterBatch(self, commands, self.shard.begin(commands), None)
-        except ShardUnavailableError as exc:
-            return _ClusterBatch(self, commands, None, exc)
+        return _ClusterBatch(self, commands)
 
     def pipeline(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
         return self.begin(commands).finish()
@@ -454,34 +450,18 @@ class ClusterNode:
         self.shard.close()
 
 
-class _ClusterBatch:
+class _ClusterBatch(RecoveringBatch):
     """A batch on one node whose redirected replies are retried one by one, so that a
     slot moving mid-batch costs a few extra round trips, not an error."""
 
-    def __init__(
-        self,
-        node: ClusterNode,
-        commands: Sequence[Sequence[Any]],
-        pending: Batch | None,
-        failure: ShardUnavailableError | None,
-    ) -> None:
+    def __init__(self, node: ClusterNode, commands: Sequence[Sequence[Any]]) -> None:
         self.node = node
-        self.commands = commands
-        self.pending = pending
-        self.failure = failure
+        super().__init__(node.shard, commands)
 
-    def finish(self) -> list[Any]:
-        cluster = self.node.cluster
-        replies: list[Any] = []
-        if self.pending is not None:
-            try:
-                replies = self.pending.finish()
-            except ShardUnavailableError as exc:
-                self.failure = exc
-        if self.failure is not None:
-            return self._recover(self.failure)
+    def repair(self, replies: list[Any]) -> list[Any]:
+        follows = self.node.cluster.policy.follows
         for i, reply in enumerate(replies):
-            if isinstance(reply, CommandError) and cluster.policy.follows(reply):
+            if isinstance(reply, CommandError) and follows(reply):
                 replies[i] = self._retry(self.commands[i], reply)
         return replies
 
@@ -500,11 +480,11 @@ class _ClusterBatch:
         except ShardError as exc:
             return exc
 
-    def _recover(self, failure: ShardUnavailableError) -> list[Any]:
+    def recover(self, failure: ShardUnavailableError) -> list[Any]:
         # The node itself failed. If the map now sends these slots elsewhere (a failover
         # happened), run the commands there; if not, the node is simply down.
         cluster = self.node.cluster
-        if failure.sent and not all(c[0] in _READS for c in self.commands):
+        if failure.sent and not self.only_reads:
             raise failure  # a write may have been applied: retrying could apply it twice
         try:
             cluster.refresh()

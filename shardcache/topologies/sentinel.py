@@ -29,7 +29,7 @@ from redis.exceptions import ReadOnlyError
 from redis.retry import Retry
 
 from shardcache.config import RedisAddress
-from shardcache.connections import Batch, RedisShard
+from shardcache.connections import RecoveringBatch, RedisShard
 from shardcache.errors import (
     CommandError,
     ConfigurationError,
@@ -44,7 +44,6 @@ __all__ = ["SentinelClient", "SentinelMaster"]
 logger = logging.getLogger("shardcache")
 
 ConnectionFactory = Callable[[str, int], AbstractConnection]
-_READS = frozenset({b"GET", b"MGET", b"EXISTS", b"PTTL", b"TTL"})
 _REASK_INTERVAL = 0.05  # seconds: concurrent failures share one question to the sentinels
 _EVENTS = (
     "+switch-master",
@@ -433,11 +432,7 @@ class SentinelMaster:
 
     def begin(self, commands: Sequence[Sequence[Any]]) -> _SentinelBatch:
         self.owner.wait_if_paused(self.name)
-        shard = self.owner.current(self.name)
-        try:
-            return _SentinelBatch(self, shard, commands, shard.begin(commands), None)
-        except ShardUnavailableError as exc:
-            return _SentinelBatch(self, shard, commands, None, exc)
+        return _SentinelBatch(self, self.owner.current(self.name), commands)
 
     def pipeline(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
         return self.begin(commands).finish()
@@ -452,37 +447,25 @@ class SentinelMaster:
         self.owner.current(self.name).close()
 
 
-class _SentinelBatch:
+class _SentinelBatch(RecoveringBatch):
     """A batch on a master that, if the master turns out to have moved, is sent again to
     the new one: whole when nothing could have been applied, or just the refused writes."""
 
     def __init__(
-        self,
-        master: SentinelMaster,
-        shard: RedisShard,
-        commands: Sequence[Sequence[Any]],
-        pending: Batch | None,
-        failure: ShardUnavailableError | None,
+        self, master: SentinelMaster, shard: RedisShard, commands: Sequence[Sequence[Any]]
     ) -> None:
         self.master = master
         self.shard = shard
-        self.commands = commands
-        self.pending = pending
-        self.failure = failure
+        super().__init__(shard, commands)
 
-    def finish(self) -> list[Any]:
+    def recover(self, failure: ShardUnavailableError) -> list[Any]:
         client, name = self.master.owner, self.master.name
-        replies: list[Any] = []
-        if self.pending is not None:
-            try:
-                replies = self.pending.finish()
-            except ShardUnavailableError as exc:
-                self.failure = exc
-        if self.failure is not None:
-            safe = not self.failure.sent or all(c[0] in _READS for c in self.commands)
-            if not safe or not client.reask(name, self.shard):
-                raise self.failure
-            return client.current(name).pipeline(self.commands)
+        if (failure.sent and not self.only_reads) or not client.reask(name, self.shard):
+            raise failure
+        return client.current(name).pipeline(self.commands)
+
+    def repair(self, replies: list[Any]) -> list[Any]:
+        client, name = self.master.owner, self.master.name
         refused = [
             i for i, r in enumerate(replies) if isinstance(r, CommandError) and _is_demoted(r)
         ]
