@@ -328,3 +328,19 @@ def test_a_slow_shard_times_out_with_a_typed_error(
         sleeper.close()
     assert cache.get("k") == "v"  # the shard answers again once it is not busy
     pool.close()
+
+
+def test_tls_servers_through_rediss_urls() -> None:
+    with StandaloneRedis(2, tls=True) as servers:
+        assert all(url.startswith("rediss://") for url in servers.urls)
+        pool = HashPool(servers.urls, ssl_ca_certs=servers.ca_file)
+        cache = Cache(pool, prefix="t:")
+        cache.set_many({f"k{i}": i for i in range(20)})
+        assert cache.get_many([f"k{i}" for i in range(20)]) == {f"k{i}": i for i in range(20)}
+        for server in servers.servers:  # both servers took keys, over TLS only
+            with server.client() as conn:
+                assert conn.dbsize() > 0
+        untrusting = Cache(HashPool(servers.urls, connect_timeout=2))
+        with pytest.raises(ShardUnavailableError, match=r"(?i)certificate verify failed"):
+            untrusting.get("k1")
+        pool.close()

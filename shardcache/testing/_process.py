@@ -43,6 +43,7 @@ _INSTALL_HINTS = {
     "redis-cli": "apt-get install -y redis-tools",
     "redis-sentinel": "apt-get install -y redis-sentinel",
     "memcached": "apt-get install -y memcached",
+    "openssl": "apt-get install -y openssl",
 }
 
 

@@ -16,6 +16,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from shardcache.testing._process import HOST, ServerProcess, find_binary
+from shardcache.testing._tls import TlsFiles
 
 __all__ = ["MemcachedServer", "RedisServer", "SentinelServer"]
 
@@ -88,14 +89,21 @@ class RedisServer(_RedisProtocolServer):
         label: str = "",
         extra: Mapping[str, str] | None = None,
         replica_of: int | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
         super().__init__(port, workdir, label=label)
         self.extra = dict(extra or {})
         self.replica_of = replica_of
+        self.tls = tls
 
     @property
     def url(self) -> str:
-        return f"redis://{self.address}/0"
+        return f"{'rediss' if self.tls else 'redis'}://{self.address}/0"
+
+    def client(self, **kwargs: object) -> redis.Redis:
+        if self.tls is not None:
+            kwargs = {"ssl": True, "ssl_ca_certs": str(self.tls.ca), **kwargs}
+        return super().client(**kwargs)
 
     def write_config(self) -> None:
         settings = [
@@ -115,6 +123,16 @@ class RedisServer(_RedisProtocolServer):
         settings += self.extra.items()
         if self.replica_of is not None:
             settings.append(("replicaof", f"{HOST} {self.replica_of}"))
+        if self.tls is not None:  # TLS only: the plain port is off
+            settings = [(k, v) for k, v in settings if k != "port"]
+            settings += [
+                ("port", "0"),
+                ("tls-port", str(self.port)),
+                ("tls-cert-file", str(self.tls.cert)),
+                ("tls-key-file", str(self.tls.key)),
+                ("tls-ca-cert-file", str(self.tls.ca)),
+                ("tls-auth-clients", "no"),
+            ]
         (self.workdir / "redis.conf").write_text(_render(settings))
 
     def command(self, binary: str) -> list[str]:

@@ -11,6 +11,7 @@ from pymemcache.exceptions import MemcacheError
 
 from shardcache.testing._base import HealthRow, Topology
 from shardcache.testing._process import pick_port
+from shardcache.testing._tls import TlsFiles, make_certificates
 from shardcache.testing.servers import MemcachedServer, RedisServer
 
 __all__ = ["MemcachedServers", "StandaloneRedis"]
@@ -25,11 +26,13 @@ class StandaloneRedis(Topology):
 
     kind = "standalone"
 
-    def __init__(self, count: int = 3, **kwargs: Any) -> None:
+    def __init__(self, count: int = 3, *, tls: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if count < 1:
             raise ValueError("StandaloneRedis needs at least one server")
         self.count = count
+        self.tls = tls
+        self.tls_files: TlsFiles | None = None
 
     @property
     def servers(self) -> list[RedisServer]:
@@ -44,12 +47,28 @@ class StandaloneRedis(Topology):
     def addresses(self) -> list[str]:
         return [server.address for server in self.servers]
 
+    @property
+    def ca_file(self) -> str | None:
+        """The CA certificate to trust (``ssl_ca_certs``) when started with ``tls=True``."""
+        return str(self.tls_files.ca) if self.tls_files else None
+
     def options(self) -> dict[str, Any]:
-        return {"count": self.count}
+        return {"count": self.count, "tls": self.tls}
 
     def _build(self, root: Path, ports: Sequence[int] | None) -> list[Any]:
+        if self.tls:
+            certificates = root / "tls"
+            self.tls_files = (
+                TlsFiles(
+                    certificates / "ca.crt",
+                    certificates / "server.crt",
+                    certificates / "server.key",
+                )
+                if ports is not None  # restoring a saved state: they exist already
+                else make_certificates(certificates)
+            )
         return [
-            RedisServer(port, root / f"redis{i}", label=f"redis{i}")
+            RedisServer(port, root / f"redis{i}", label=f"redis{i}", tls=self.tls_files)
             for i, port in enumerate(_ports(self.count, ports))
         ]
 
