@@ -2,6 +2,13 @@
 
 from shardcache.topologies.cluster import Binding, Cluster, ClusterNode
 from shardcache.topologies.hashpool import HashPool
+from shardcache.topologies.memcache import (
+    Item,
+    MemcachedState,
+    ShardedMemcacheClient,
+    ShardState,
+    StaticShardManager,
+)
 from shardcache.topologies.redirects import (
     Redirect,
     RedirectPolicy,
@@ -18,10 +25,15 @@ __all__ = [
     "Cluster",
     "ClusterNode",
     "HashPool",
+    "Item",
+    "MemcachedState",
     "Redirect",
     "RedirectPolicy",
     "SentinelClient",
     "SentinelMaster",
+    "ShardState",
+    "ShardedMemcacheClient",
+    "StaticShardManager",
     "is_ask",
     "is_cross_slot",
     "is_moved",

@@ -1,0 +1,41 @@
+"""Sharded memcache with shard states (after Dropbox's godropbox ``memcache`` package)."""
+
+from shardcache.topologies.memcache.client import ShardedMemcacheClient
+from shardcache.topologies.memcache.manager import (
+    ShardHandle,
+    ShardManager,
+    StaticShardManager,
+    crc32_shard_func,
+)
+from shardcache.topologies.memcache.model import (
+    NO_EXPIRATION_INCR,
+    CountResponse,
+    GetResponse,
+    Item,
+    MemcachedState,
+    MutateResponse,
+    ShardState,
+    StatResponse,
+    Status,
+    VersionResponse,
+    validate_key,
+)
+
+__all__ = [
+    "NO_EXPIRATION_INCR",
+    "CountResponse",
+    "GetResponse",
+    "Item",
+    "MemcachedState",
+    "MutateResponse",
+    "ShardHandle",
+    "ShardManager",
+    "ShardState",
+    "ShardedMemcacheClient",
+    "StatResponse",
+    "StaticShardManager",
+    "Status",
+    "VersionResponse",
+    "crc32_shard_func",
+    "validate_key",
+]

@@ -1,0 +1,237 @@
+"""Which memcached holds a key, and in which state each shard is (godropbox's ShardManager).
+
+States never remap keys: a key's shard is ``shard_func(key, len(states))`` over the whole
+list, whatever the states, so a shard going DOWN does not send its keys to another server
+(where they would be stale when it returns).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pymemcache.client.base import PooledClient
+
+from shardcache.errors import ConfigurationError
+from shardcache.hashing import Ketama, Rendezvous
+from shardcache.topologies.memcache.model import Item, MemcachedState, ShardState
+
+__all__ = [
+    "ShardFunc",
+    "ShardHandle",
+    "ShardManager",
+    "StaticShardManager",
+    "crc32_shard_func",
+]
+
+logger = logging.getLogger("shardcache")
+
+ShardFunc = Callable[[bytes, int], int]
+
+
+def crc32_shard_func(key: bytes, count: int) -> int:
+    """The seed's example: CRC-32 of the key, modulo the number of shards."""
+    return (zlib.crc32(key) & 0xFFFFFFFF) % count if count else -1
+
+
+class _Passthrough:
+    """pymemcache serde that keeps bytes as they are and hands back the flags with them."""
+
+    def serialize(self, key: Any, value: bytes) -> tuple[bytes, int]:
+        return value, 0
+
+    def deserialize(self, key: Any, value: bytes, flags: int) -> tuple[bytes, int]:
+        return value, flags
+
+
+@dataclass(eq=False)  # identity: handles are dictionary keys when grouping
+class ShardHandle:
+    """One shard: its position, address, state, connection pool and health."""
+
+    index: int
+    address: str
+    state: MemcachedState
+    client: PooledClient
+    warm_source: ShardHandle | None = None
+    unhealthy_until: float = 0.0
+    counters: dict[str, int] = field(default_factory=dict)
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
+
+    @property
+    def healthy(self) -> bool:
+        return time.monotonic() >= self.unhealthy_until
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """The shard list at one moment; an update swaps in a new one, in-flight calls keep theirs."""
+
+    shards: tuple[ShardHandle, ...]
+
+    def for_key(self, key: bytes, shard_func: ShardFunc) -> ShardHandle | None:
+        index = shard_func(key, len(self.shards))
+        return self.shards[index] if 0 <= index < len(self.shards) else None
+
+
+class ShardManager(Protocol):
+    """Maps keys to shards and holds their states."""
+
+    def get_shard(self, key: bytes) -> ShardHandle | None: ...
+
+    def get_shards_for_keys(
+        self, keys: Iterable[bytes]
+    ) -> dict[ShardHandle | None, list[bytes]]: ...
+
+    def get_all_shards(self) -> Sequence[ShardHandle]: ...
+
+    def update_shard_states(self, states: Sequence[ShardState | str]) -> None: ...
+
+
+class StaticShardManager:
+    """A fixed list of shards whose states can be swapped at run time.
+
+    ``shards`` are ``host:port`` strings (ACTIVE) or `ShardState`; ``shard_func(key, n)`` is
+    `crc32_shard_func` by default, or ``"ketama"`` / ``"rendezvous"`` (over the addresses).
+    A shard whose connection fails is skipped for ``retry_timeout`` seconds (its keys miss;
+    they are not moved), so callers do not each wait for a connect timeout.
+    """
+
+    def __init__(
+        self,
+        shards: Sequence[ShardState | str],
+        shard_func: ShardFunc | str = crc32_shard_func,
+        *,
+        connect_timeout: float = 0.5,
+        timeout: float = 1.0,
+        max_pool_size: int = 64,
+        retry_timeout: float = 2.0,
+    ) -> None:
+        self._options = {
+            "connect_timeout": connect_timeout,
+            "timeout": timeout,
+            "max_pool_size": max_pool_size,
+        }
+        self.retry_timeout = retry_timeout
+        self._shard_func_spec = shard_func
+        self._lock = threading.Lock()
+        self._snapshot = _Snapshot(())
+        self._shard_func: ShardFunc = crc32_shard_func
+        self.update_shard_states(shards)
+
+    # --- states -----------------------------------------------------------------------------
+
+    def update_shard_states(self, states: Sequence[ShardState | str]) -> None:
+        """Replace the whole shard list atomically: pools are kept for addresses that stay,
+        opened for new ones and closed for removed ones; in-flight calls finish on the old
+        list. Changing the length remaps keys, so it is logged as a warning."""
+        wanted = [s if isinstance(s, ShardState) else ShardState(s) for s in states]
+        if not wanted:
+            raise ConfigurationError("a sharded memcache needs at least one shard")
+        with self._lock:
+            old = self._snapshot.shards
+            pools = {shard.address: shard for shard in old}
+            fresh: list[ShardHandle] = []
+            for index, spec in enumerate(wanted):
+                previous = pools.get(spec.address)
+                client = previous.client if previous else self._connect(spec.address)
+                handle = ShardHandle(index, spec.address, spec.state, client)
+                if previous is not None:
+                    handle.counters = previous.counters
+                    handle.unhealthy_until = previous.unhealthy_until
+                fresh.append(handle)
+            by_address = {handle.address: handle for handle in fresh}
+            for handle, spec in zip(fresh, wanted, strict=True):
+                if spec.warm_source is not None:
+                    source = by_address.get(spec.warm_source)
+                    if source is None:
+                        source = ShardHandle(
+                            -1,
+                            spec.warm_source,
+                            MemcachedState.ACTIVE,
+                            self._connect(spec.warm_source),
+                        )
+                    handle.warm_source = source
+            if old and len(old) != len(fresh):
+                logger.warning(
+                    "shardcache: memcache shard count changes from %d to %d: keys remap",
+                    len(old),
+                    len(fresh),
+                )
+            self._shard_func = self._make_shard_func([h.address for h in fresh])
+            self._snapshot = _Snapshot(tuple(fresh))
+        kept = {h.address for h in fresh} | {
+            h.warm_source.address for h in fresh if h.warm_source is not None
+        }
+        for shard in old:
+            if shard.address not in kept:
+                shard.client.close()
+
+    def _make_shard_func(self, addresses: list[str]) -> ShardFunc:
+        spec = self._shard_func_spec
+        if callable(spec):
+            return spec
+        if spec in ("ketama", "rendezvous"):
+            selector = Ketama(addresses) if spec == "ketama" else Rendezvous(addresses)
+            return lambda key, count: selector(key)
+        raise ConfigurationError(
+            f"unknown shard_func {spec!r}: a function, 'ketama' or 'rendezvous'"
+        )
+
+    def _connect(self, address: str) -> PooledClient:
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigurationError(f"bad memcached address {address!r}: expected host:port")
+        return PooledClient(
+            (host, int(port)),
+            serde=_Passthrough(),
+            no_delay=True,
+            default_noreply=False,
+            **self._options,
+        )
+
+    def mark_unhealthy(self, shard: ShardHandle) -> None:
+        shard.unhealthy_until = time.monotonic() + self.retry_timeout
+        shard.count("errors")
+
+    # --- lookups ----------------------------------------------------------------------------
+
+    def get_shard(self, key: bytes) -> ShardHandle | None:
+        """The shard of ``key`` (None when the shard function maps it nowhere)."""
+        return self._snapshot.for_key(key, self._shard_func)
+
+    def get_shards_for_keys(self, keys: Iterable[bytes]) -> dict[ShardHandle | None, list[bytes]]:
+        snapshot, func = self._snapshot, self._shard_func
+        groups: dict[ShardHandle | None, list[bytes]] = {}
+        for key in keys:
+            groups.setdefault(snapshot.for_key(key, func), []).append(key)
+        return groups
+
+    def get_shards_for_items(self, items: Iterable[Item]) -> dict[ShardHandle | None, list[Item]]:
+        snapshot, func = self._snapshot, self._shard_func
+        groups: dict[ShardHandle | None, list[Item]] = {}
+        for item in items:
+            key = item.key.encode() if isinstance(item.key, str) else item.key
+            groups.setdefault(snapshot.for_key(key, func), []).append(item)
+        return groups
+
+    def get_all_shards(self) -> tuple[ShardHandle, ...]:
+        return self._snapshot.shards
+
+    def states(self) -> list[ShardState]:
+        return [
+            ShardState(h.address, h.state, h.warm_source.address if h.warm_source else None)
+            for h in self._snapshot.shards
+        ]
+
+    def close(self) -> None:
+        for shard in self._snapshot.shards:
+            shard.client.close()
+            if shard.warm_source is not None and shard.warm_source.index == -1:
+                shard.warm_source.client.close()

@@ -1,0 +1,492 @@
+"""The sharded memcache client on 3 real memcacheds: DESIGN.md's table 3a, cell by cell.
+
+"No I/O" is checked with the server's own counters (`ops`), which a skipped shard must
+leave unchanged.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from shardcache.testing import MemcachedServers, wait_until
+from shardcache.topologies.memcache import (
+    NO_EXPIRATION_INCR,
+    Item,
+    MemcachedState,
+    ShardedMemcacheClient,
+    ShardState,
+    StaticShardManager,
+    Status,
+)
+
+ACTIVE, WRITE_ONLY, WARM_UP, DOWN = (
+    MemcachedState.ACTIVE,
+    MemcachedState.WRITE_ONLY,
+    MemcachedState.WARM_UP,
+    MemcachedState.DOWN,
+)
+SKIPPED = [WRITE_ONLY, WARM_UP, DOWN]
+COUNTERS = (
+    "cmd_get", "cmd_set", "cmd_touch", "delete_hits", "delete_misses", "incr_hits",
+    "incr_misses", "decr_hits", "decr_misses", "cas_hits", "cas_misses", "cas_badval",
+)  # fmt: skip
+
+
+def ops(servers: MemcachedServers, index: int) -> int:
+    """Commands the server has run (its own counters)."""
+    conn = servers.servers[index].client()
+    try:
+        stats = conn.stats()
+    finally:
+        conn.close()
+    return sum(int(stats[name.encode()]) for name in COUNTERS)
+
+
+Make = Callable[..., ShardedMemcacheClient]
+
+
+@pytest.fixture
+def make(clean_memcached_servers: MemcachedServers) -> Iterator[Make]:
+    """``make(state_of_shard_1, **client_options)``: shards 0 and 2 ACTIVE."""
+    clients: list[ShardedMemcacheClient] = []
+    addresses = clean_memcached_servers.addresses
+
+    def build(state: MemcachedState = ACTIVE, **options: object) -> ShardedMemcacheClient:
+        warm_source = options.pop("warm_source", None)
+        states = [
+            ShardState(addresses[0]),
+            ShardState(addresses[1], state, warm_source),  # type: ignore[arg-type]
+            ShardState(addresses[2]),
+        ]
+        manager = StaticShardManager(states, retry_timeout=float(options.pop("retry_timeout", 1)))  # type: ignore[arg-type]
+        client = ShardedMemcacheClient(manager, **options)  # type: ignore[arg-type]
+        clients.append(client)
+        return client
+
+    yield build
+    for client in clients:
+        client.close()
+
+
+def key_on(client: ShardedMemcacheClient, index: int, tag: str = "k") -> bytes:
+    """A key that the shard function puts on shard ``index``."""
+    for n in itertools.count():
+        key = f"{tag}{n}".encode()
+        shard = client.manager.get_shard(key)
+        if shard is not None and shard.index == index:
+            return key
+    raise AssertionError("unreachable")
+
+
+def seed(servers: MemcachedServers, index: int, key: bytes, value: bytes) -> None:
+    conn = servers.servers[index].client()
+    try:
+        conn.set(key, value, noreply=False)
+    finally:
+        conn.close()
+
+
+def peek(servers: MemcachedServers, index: int, key: bytes) -> bytes | None:
+    conn = servers.servers[index].client()
+    try:
+        result: bytes | None = conn.get(key)
+        return result
+    finally:
+        conn.close()
+
+
+# --- reads -------------------------------------------------------------------------------------
+
+
+def test_get_on_active_reads_the_server(
+    make: Make, clean_memcached_servers: MemcachedServers
+) -> None:
+    client = make()
+    key = key_on(client, 1)
+    assert client.get(key).status is Status.KEY_NOT_FOUND  # a miss is not an error
+    assert client.get(key).error is None
+    client.set(Item(key, b"v", flags=7))
+    hit = client.get(key)
+    assert (hit.status, hit.value, hit.flags) == (Status.NO_ERROR, b"v", 7)
+    assert client.gets(key).cas != 0
+
+
+@pytest.mark.parametrize("state", SKIPPED)
+def test_get_and_gets_on_a_non_active_shard_miss_without_io(
+    make: Make, clean_memcached_servers: MemcachedServers, state: MemcachedState
+) -> None:
+    client = make(state)
+    key = key_on(client, 1)
+    seed(clean_memcached_servers, 1, key, b"there")
+    before = ops(clean_memcached_servers, 1)
+    assert client.get(key).status is Status.KEY_NOT_FOUND
+    assert client.get_multi([key])[key].value is None
+    assert client.gets(key).cas == 0
+    assert ops(clean_memcached_servers, 1) == before
+
+
+@pytest.mark.parametrize(
+    ("state", "io"), [(ACTIVE, True), (WRITE_ONLY, True), (WARM_UP, True), (DOWN, False)]
+)
+def test_get_sentinels_reads_every_state_but_down(
+    make: Make, clean_memcached_servers: MemcachedServers, state: MemcachedState, io: bool
+) -> None:
+    client = make(state)
+    key = key_on(client, 1)
+    seed(clean_memcached_servers, 1, key, b"there")
+    before = ops(clean_memcached_servers, 1)
+    got = client.get_sentinels([key])[key]
+    assert got.found is io
+    assert (got.cas != 0) is io
+    assert (ops(clean_memcached_servers, 1) > before) is io
+
+
+def test_get_multi_batches_per_shard_and_keeps_other_shards_answering(
+    make: Make, clean_memcached_servers: MemcachedServers
+) -> None:
+    client = make(DOWN)
+    keys = [f"m{i}".encode() for i in range(60)]
+    client.manager.update_shard_states([ShardState(a) for a in clean_memcached_servers.addresses])
+    assert all(r.ok for r in client.set_multi([Item(k, k) for k in keys]))
+    client.manager.update_shard_states(
+        [
+            ShardState(a, DOWN if i == 1 else ACTIVE)
+            for i, a in enumerate(clean_memcached_servers.addresses)
+        ]
+    )
+    got = client.get_multi(keys)
+    on_down = {k for k in keys if client.manager.get_shard(k).index == 1}  # type: ignore[union-attr]
+    assert {k for k, r in got.items() if r.found} == set(keys) - on_down
+    assert all(got[k].value == k for k in keys if k not in on_down)
+
+
+# --- writes ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("state", SKIPPED)
+@pytest.mark.parametrize(
+    "op", ["set", "set_cas", "cas_multi", "add", "replace", "append", "prepend", "touch"]
+)
+def test_plain_writes_on_a_non_active_shard_succeed_without_io(
+    make: Make, clean_memcached_servers: MemcachedServers, state: MemcachedState, op: str
+) -> None:
+    client = make(state)
+    key = key_on(client, 1)
+    before = ops(clean_memcached_servers, 1)
+    response = {
+        "set": lambda: client.set(Item(key, b"v")),
+        "set_cas": lambda: client.set(Item(key, b"v", cas=12345)),
+        "cas_multi": lambda: client.cas_multi([Item(key, b"v")])[0],
+        "add": lambda: client.add(Item(key, b"v")),
+        "replace": lambda: client.replace(Item(key, b"v")),
+        "append": lambda: client.append(key, b"v"),
+        "prepend": lambda: client.prepend(key, b"v"),
+        "touch": lambda: client.touch(key, 10),
+    }[op]()
+    assert (response.status, response.cas, response.error) == (Status.NO_ERROR, 0, None)
+    assert ops(clean_memcached_servers, 1) == before
+    assert peek(clean_memcached_servers, 1, key) is None
+
+
+def test_writes_on_active(make: Make, clean_memcached_servers: MemcachedServers) -> None:
+    client = make()
+    key = key_on(client, 1)
+    assert client.replace(Item(key, b"x")).status is Status.ITEM_NOT_STORED
+    assert client.add(Item(key, b"a")).ok
+    assert client.add(Item(key, b"b")).status is Status.ITEM_NOT_STORED
+    assert client.append(key, b"z").ok
+    assert client.prepend(key, b"<").ok
+    assert peek(clean_memcached_servers, 1, key) == b"<az"
+    assert client.replace(Item(key, b"r")).ok
+    assert client.touch(key, 100).ok
+    assert client.touch(b"absent", 100).status is Status.KEY_NOT_FOUND
+
+
+def test_conditional_set_on_active(make: Make) -> None:
+    client = make()
+    key = key_on(client, 1)
+    assert client.set(Item(key, b"v", cas=99)).status is Status.KEY_NOT_FOUND
+    client.set(Item(key, b"v1"))
+    cas = client.gets(key).cas
+    assert client.set(Item(key, b"v2", cas=cas + 1)).status is Status.KEY_EXISTS
+    assert client.set(Item(key, b"v2", cas=cas)).ok
+    assert client.get(key).value == b"v2"
+
+
+def test_cas_multi_adds_when_cas_is_zero(make: Make) -> None:
+    client = make()
+    fresh, taken = key_on(client, 0, "f"), key_on(client, 2, "t")
+    client.set(Item(taken, b"old"))
+    responses = client.cas_multi([Item(fresh, b"new"), Item(taken, b"new")])
+    assert [r.status for r in responses] == [Status.NO_ERROR, Status.KEY_EXISTS]
+    assert client.get(taken).value == b"old"
+
+
+@pytest.mark.parametrize("op", ["set_sentinels", "cas_sentinels"])
+@pytest.mark.parametrize(
+    ("state", "io", "errors_surface"),
+    [(ACTIVE, True, True), (WRITE_ONLY, True, True), (WARM_UP, True, False), (DOWN, False, False)],
+)
+def test_sentinel_writes(
+    make: Make,
+    clean_memcached_servers: MemcachedServers,
+    op: str,
+    state: MemcachedState,
+    io: bool,
+    errors_surface: bool,
+) -> None:
+    client = make(state)
+    key, other = key_on(client, 1, "a"), key_on(client, 1, "b")
+    write = getattr(client, op)
+    before = ops(clean_memcached_servers, 1)
+    assert write([Item(key, b"v")])[0].ok
+    assert (ops(clean_memcached_servers, 1) > before) is io  # counted before peeking
+    assert (peek(clean_memcached_servers, 1, key) == b"v") is io
+    seed(clean_memcached_servers, 1, other, b"newer")
+    conflict = write([Item(other, b"stale", cas=1)])[0]  # wrong CAS id
+    assert (conflict.status is Status.KEY_EXISTS) is errors_surface
+    if not errors_surface:
+        assert conflict.status is Status.NO_ERROR  # a warm-up write never fails
+    assert peek(clean_memcached_servers, 1, other) == b"newer"
+
+
+def test_value_too_large_is_a_status_not_a_dropped_connection(make: Make) -> None:
+    client = make()
+    key = key_on(client, 1)
+    big = client.set(Item(key, b"x" * (2 * 1024 * 1024)))
+    assert big.status is Status.VALUE_TOO_LARGE
+    assert client.set(Item(key, b"small")).ok
+    assert client.get(key).value == b"small"
+
+
+# --- deletes and counters ----------------------------------------------------------------------
+
+
+def test_delete_on_active(make: Make) -> None:
+    client = make()
+    key = key_on(client, 1)
+    client.set(Item(key, b"v"))
+    assert client.delete(key).ok
+    assert client.delete(key).status is Status.KEY_NOT_FOUND
+    assert [r.status for r in client.delete_multi([key, key_on(client, 0)])] == [
+        Status.KEY_NOT_FOUND,
+        Status.KEY_NOT_FOUND,
+    ]
+
+
+@pytest.mark.parametrize(
+    ("state", "options", "sent"),
+    [
+        (WRITE_ONLY, {}, False),
+        (WRITE_ONLY, {"invalidate_non_active": True}, True),
+        (DOWN, {}, False),
+        (WARM_UP, {}, False),
+    ],
+)
+def test_delete_on_non_active_shards(
+    make: Make,
+    clean_memcached_servers: MemcachedServers,
+    state: MemcachedState,
+    options: dict[str, object],
+    sent: bool,
+) -> None:
+    client = make(state, **options)
+    key = key_on(client, 1)
+    seed(clean_memcached_servers, 1, key, b"v")
+    before = ops(clean_memcached_servers, 1)
+    assert client.delete(key).ok
+    assert (ops(clean_memcached_servers, 1) > before) is sent  # counted before peeking
+    assert (peek(clean_memcached_servers, 1, key) is None) is sent
+
+
+def test_delete_on_warm_up_with_a_source_deletes_on_both(
+    make: Make, clean_memcached_servers: MemcachedServers
+) -> None:
+    addresses = clean_memcached_servers.addresses
+    client = make(WARM_UP, warm_source=addresses[0])
+    key = key_on(client, 1)
+    seed(clean_memcached_servers, 1, key, b"cold copy")
+    seed(clean_memcached_servers, 0, key, b"warm copy")
+    assert client.delete(key).ok
+    assert peek(clean_memcached_servers, 1, key) is None
+    assert peek(clean_memcached_servers, 0, key) is None
+    assert client.get(key).status is Status.KEY_NOT_FOUND  # and it does not come back
+
+
+def test_increment_and_decrement_on_active(make: Make) -> None:
+    client = make()
+    key = key_on(client, 1)
+    assert (
+        client.increment(key, 5, NO_EXPIRATION_INCR, NO_EXPIRATION_INCR).status
+        is Status.KEY_NOT_FOUND
+    )
+    assert client.increment(key, 5, init_value=10).count == 10  # created at init_value
+    assert client.increment(key, 5).count == 15
+    assert client.decrement(key, 100).count == 0  # floors at 0
+    client.set(Item(key, b"text"))
+    assert client.increment(key, 1).status is Status.INCR_DECR_ON_NON_NUMERIC_VALUE
+
+
+@pytest.mark.parametrize("state", SKIPPED)
+def test_counters_on_a_non_active_shard_are_zero_without_io(
+    make: Make, clean_memcached_servers: MemcachedServers, state: MemcachedState
+) -> None:
+    client = make(state)
+    key = key_on(client, 1)
+    seed(clean_memcached_servers, 1, key, b"41")
+    before = ops(clean_memcached_servers, 1)
+    for response in (client.increment(key, 1, 0), client.decrement(key, 1, 0)):
+        assert (response.status, response.count) == (Status.NO_ERROR, 0)
+    assert ops(clean_memcached_servers, 1) == before
+    assert peek(clean_memcached_servers, 1, key) == b"41"
+
+
+# --- every shard, bad keys, unmapped keys ------------------------------------------------------
+
+
+@pytest.mark.parametrize("state", [ACTIVE, *SKIPPED])
+def test_flush_stat_version_verbosity_reach_every_shard(
+    make: Make, clean_memcached_servers: MemcachedServers, state: MemcachedState
+) -> None:
+    client = make(state)
+    assert sorted(client.version().versions) == [0, 1, 2]
+    assert all(v.startswith("1.") for v in client.version().versions.values())
+    assert sorted(client.stat().entries) == [0, 1, 2]
+    assert not client.verbosity(0).errors
+    key = key_on(client, 1)
+    seed(clean_memcached_servers, 1, key, b"v")
+    assert not client.flush().errors
+    assert peek(clean_memcached_servers, 1, key) is None
+    if state is DOWN:
+        assert sorted(make(DOWN, skip_down=True).version().versions) == [0, 2]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        b"",
+        b"x" * 251,
+        b"with space",
+        b"tab\tkey",
+        b"nl\nkey",
+        b"del\x7f",
+        "é".encode()[:1] + b"\x00",
+    ],
+)
+def test_invalid_keys_fail_per_key_without_io(
+    make: Make, clean_memcached_servers: MemcachedServers, bad: bytes
+) -> None:
+    client = make()
+    good = key_on(client, 0)
+    before = [ops(clean_memcached_servers, i) for i in range(3)]
+    assert client.get(bad).status is Status.INVALID_ARGUMENTS
+    assert client.set(Item(bad, b"v")).status is Status.INVALID_ARGUMENTS
+    assert client.delete(bad).status is Status.INVALID_ARGUMENTS
+    assert client.increment(bad, 1).status is Status.INVALID_ARGUMENTS
+    assert [ops(clean_memcached_servers, i) for i in range(3)] == before
+    results = client.get_multi([bad, good])
+    assert results[bad].status is Status.INVALID_ARGUMENTS
+    assert results[good].status is Status.KEY_NOT_FOUND
+
+
+def test_high_bytes_and_250_byte_keys_are_valid(make: Make) -> None:
+    client = make()
+    for key in (b"\x80\xff-utf8-\xc3\xa9", b"k" * 250):
+        assert client.set(Item(key, b"v")).ok
+        assert client.get(key).value == b"v"
+
+
+def test_unmapped_keys_are_a_per_key_error(clean_memcached_servers: MemcachedServers) -> None:
+    manager = StaticShardManager(
+        clean_memcached_servers.addresses, lambda key, n: -1 if key.startswith(b"x") else 0
+    )
+    client = ShardedMemcacheClient(manager)
+    assert client.get(b"xkey").status is Status.UNMAPPED_KEY
+    assert "does not map to any memcache shard" in str(client.set(Item(b"xkey", b"v")).error)
+    assert client.set(Item(b"key", b"v")).ok
+    client.close()
+
+
+# --- states at run time, failures ---------------------------------------------------------------
+
+
+def test_update_shard_states_keeps_pools_and_warns_when_keys_remap(
+    make: Make, clean_memcached_servers: MemcachedServers, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = make()
+    before = client.manager.get_all_shards()
+    addresses = clean_memcached_servers.addresses
+    client.manager.update_shard_states(
+        [ShardState(a, DOWN if i == 1 else ACTIVE) for i, a in enumerate(addresses)]
+    )
+    after = client.manager.get_all_shards()
+    assert [s.client for s in after] == [s.client for s in before]  # state-only: same pools
+    assert after[1].state is DOWN
+    assert "remap" not in caplog.text
+    with caplog.at_level(logging.WARNING, logger="shardcache"):
+        client.manager.update_shard_states(addresses[:2])
+    assert "keys remap" in caplog.text
+
+
+def test_consistent_caching_with_cas_the_slow_filler_loses(make: Make) -> None:
+    client = make()
+    key = key_on(client, 1)
+    client.set(Item(key, b"v0"))
+    fast, slow = client.get_sentinels([key])[key], client.get_sentinels([key])[key]
+    assert fast.cas == slow.cas != 0
+    assert client.cas_sentinels([Item(key, b"fresh", cas=fast.cas)])[0].ok
+    lost = client.cas_sentinels([Item(key, b"stale", cas=slow.cas)])[0]
+    assert lost.status is Status.KEY_EXISTS
+    assert client.get(key).value == b"fresh"
+    # A miss: both fillers add (cas 0); only the first one lands.
+    other = key_on(client, 2)
+    results = [client.cas_sentinels([Item(other, v)])[0].status for v in (b"first", b"second")]
+    assert results == [Status.NO_ERROR, Status.KEY_EXISTS]
+    assert client.get(other).value == b"first"
+
+
+def test_a_killed_memcached_misses_fast_then_serves_again_after_retry_timeout(
+    make: Make, clean_memcached_servers: MemcachedServers
+) -> None:
+    client = make(retry_timeout=1)
+    keys = [f"kill{i}".encode() for i in range(60)]
+    assert all(r.ok for r in client.set_multi([Item(k, k) for k in keys]))
+    victim = clean_memcached_servers.servers[1]
+    on_victim = [k for k in keys if client.manager.get_shard(k).index == 1]  # type: ignore[union-attr]
+    clean_memcached_servers.kill(victim)
+    results = client.get_multi(keys)
+    assert {k for k, r in results.items() if r.status is Status.CONNECTION_UNAVAILABLE} == set(
+        on_victim
+    )
+    assert all(results[k].value == k for k in keys if k not in on_victim)  # no remapping
+    assert "Connection unavailable for memcache shard 1" in str(results[on_victim[0]].error)
+    clean_memcached_servers.restart(victim)
+    wait_until(
+        lambda: client.get(on_victim[0]).status is Status.KEY_NOT_FOUND,
+        timeout=10,
+        what="the shard to serve again",
+    )
+    assert client.set(Item(on_victim[0], b"back")).ok
+
+
+def test_thread_safe_under_8_threads(make: Make) -> None:
+    client = make()
+    failures: list[str] = []
+
+    def work(n: int) -> None:
+        for i in range(200):
+            key = f"t{n}:{i}".encode()
+            if not client.set(Item(key, key)).ok or client.get(key).value != key:
+                failures.append(key.decode())
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
