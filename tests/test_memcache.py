@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from shardcache import Cache, MemcacheTopology, MissingKeyError, ShardUnavailableError
 from shardcache.testing import MemcachedServers, wait_until
 from shardcache.topologies.memcache import (
     NO_EXPIRATION_INCR,
@@ -23,6 +24,7 @@ from shardcache.topologies.memcache import (
     StaticShardManager,
     Status,
 )
+from tests.cache_contract import CacheContract, RawClient
 
 ACTIVE, WRITE_ONLY, WARM_UP, DOWN = (
     MemcachedState.ACTIVE,
@@ -490,3 +492,79 @@ def test_thread_safe_under_8_threads(make: Make) -> None:
     for thread in threads:
         thread.join()
     assert failures == []
+
+
+# --- Cache on the sharded memcache ---------------------------------------------------------
+
+
+class MemcacheRaw:
+    """The few raw calls the cache contract makes, on the memcached holding a key."""
+
+    def __init__(self, server: object) -> None:
+        self.conn = server.client()  # type: ignore[attr-defined]
+
+    def exists(self, key: bytes) -> int:
+        return 0 if self.conn.get(key) is None else 1
+
+    def get(self, key: bytes) -> bytes | None:
+        result: bytes | None = self.conn.get(key)
+        return result
+
+    def set(self, key: bytes, value: bytes) -> bool:
+        return bool(self.conn.set(key, value, noreply=False))
+
+    def incr(self, key: bytes) -> int:
+        return int(self.conn.incr(key, 1, noreply=False))
+
+
+class TestMemcacheCache(CacheContract):
+    clear_by_prefix = False  # memcached cannot list keys
+    locks = False
+
+    @pytest.fixture
+    def client(self, clean_memcached_servers: MemcachedServers) -> Iterator[ShardedMemcacheClient]:
+        client = ShardedMemcacheClient(StaticShardManager(clean_memcached_servers.addresses))
+        yield client
+        client.close()
+
+    @pytest.fixture
+    def cache(self, client: ShardedMemcacheClient) -> Cache:
+        return Cache(MemcacheTopology(client), prefix="t:")
+
+    @pytest.fixture
+    def raw(
+        self, client: ShardedMemcacheClient, clean_memcached_servers: MemcachedServers
+    ) -> RawClient:
+        def raw(key: bytes) -> MemcacheRaw:
+            return MemcacheRaw(clean_memcached_servers.servers[client.manager.get_shard(key).index])  # type: ignore[union-attr]
+
+        return raw  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("state", SKIPPED)
+def test_cache_add_on_a_non_active_shard_is_not_stored_and_incr_is_a_miss(
+    make: Make, state: MemcachedState
+) -> None:
+    client = make(state)
+    cache = Cache(MemcacheTopology(client))
+    key = key_on(client, 1).decode()
+    assert cache.add(key, 1) is False  # add-as-a-lock stays safe
+    with pytest.raises(MissingKeyError):
+        cache.incr(key)
+    assert cache.get(key) is None
+
+
+def test_cache_over_memcache_with_a_dead_server_and_ignore_errors(
+    make: Make, clean_memcached_servers: MemcachedServers
+) -> None:
+    client = make()
+    strict = Cache(MemcacheTopology(client))
+    lenient = Cache(MemcacheTopology(client), ignore_errors=True)
+    keys = [f"d{i}" for i in range(30)]
+    strict.set_many({k: k for k in keys})
+    clean_memcached_servers.kill(clean_memcached_servers.servers[1])
+    on_dead = [k for k in keys if client.manager.get_shard(k.encode()).index == 1]  # type: ignore[union-attr]
+    with pytest.raises(ShardUnavailableError):
+        strict.get(on_dead[0])
+    assert lenient.get_many(keys) == {k: k for k in keys if k not in on_dead}
+    assert lenient.set(on_dead[0], 1) is False

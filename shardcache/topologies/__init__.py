@@ -5,6 +5,7 @@ from shardcache.topologies.hashpool import HashPool
 from shardcache.topologies.memcache import (
     Item,
     MemcachedState,
+    MemcacheTopology,
     ShardedMemcacheClient,
     ShardState,
     StaticShardManager,
@@ -26,6 +27,7 @@ __all__ = [
     "ClusterNode",
     "HashPool",
     "Item",
+    "MemcacheTopology",
     "MemcachedState",
     "Redirect",
     "RedirectPolicy",

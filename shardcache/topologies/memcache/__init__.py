@@ -20,12 +20,15 @@ from shardcache.topologies.memcache.model import (
     VersionResponse,
     validate_key,
 )
+from shardcache.topologies.memcache.topology import MemcacheShard, MemcacheTopology
 
 __all__ = [
     "NO_EXPIRATION_INCR",
     "CountResponse",
     "GetResponse",
     "Item",
+    "MemcacheShard",
+    "MemcacheTopology",
     "MemcachedState",
     "MutateResponse",
     "ShardHandle",
