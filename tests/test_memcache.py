@@ -17,6 +17,7 @@ from shardcache import Cache, MemcacheTopology, MissingKeyError, ShardUnavailabl
 from shardcache.testing import MemcachedServers, wait_until
 from shardcache.topologies.memcache import (
     NO_EXPIRATION_INCR,
+    GetResponse,
     Item,
     MemcachedState,
     ShardedMemcacheClient,
@@ -568,3 +569,59 @@ def test_cache_over_memcache_with_a_dead_server_and_ignore_errors(
         strict.get(on_dead[0])
     assert lenient.get_many(keys) == {k: k for k in keys if k not in on_dead}
     assert lenient.set(on_dead[0], 1) is False
+
+
+def test_rollout_write_only_then_warm_up_with_read_through_then_active(
+    clean_memcached_servers: MemcachedServers,
+) -> None:
+    m0, m1, m2 = clean_memcached_servers.addresses
+    manager = StaticShardManager([m0, m1])
+    client = ShardedMemcacheClient(manager)
+    keys = [f"r{i}".encode() for i in range(80)]
+    expected = {k: b"value-" + k for k in keys}
+    assert all(
+        r.ok for r in client.set_multi([Item(k, v, expiration=300) for k, v in expected.items()])
+    )
+    moving = [k for k in keys if manager.get_shard(k).index == 1]  # type: ignore[union-attr]
+    assert len(moving) > 10
+
+    def check_never_wrong() -> dict[bytes, GetResponse]:
+        got = client.get_multi(keys)
+        assert all(r.value in (None, expected.get(k)) for k, r in got.items())
+        return got
+
+    # 1. m2 replaces m1 as WRITE_ONLY: its keys miss, sentinel writes fill it.
+    manager.update_shard_states([ShardState(m0), ShardState(m2, WRITE_ONLY)])
+    assert not any(check_never_wrong()[k].found for k in moving)
+    filled = moving[:5]
+    for key in filled:
+        miss = client.get_sentinels([key])[key]
+        assert (miss.found, miss.cas) == (False, 0)
+        assert client.cas_sentinels([Item(key, expected[key], expiration=300)])[0].ok
+    assert all(peek(clean_memcached_servers, 2, k) == expected[k] for k in filled)
+
+    # 2. WARM_UP with m1 as the warm source: cold misses are read through and backfilled.
+    manager.update_shard_states([ShardState(m0), ShardState(m2, WARM_UP, warm_source=m1)])
+    got = check_never_wrong()
+    assert all(got[k].value == expected[k] for k in moving)  # every cold miss became a hit
+    shard = manager.get_all_shards()[1]
+    assert shard.counters.get("backfills", 0) == len(moving) - len(filled)
+    cold = ShardedMemcacheClient(StaticShardManager([m2]))
+    ttl = cold._remaining_ttl(cold.manager.get_all_shards()[0], moving[-1])
+    assert ttl is not None
+    assert 250 < ttl <= 300  # the warm item's remaining TTL, not forever
+    warm_reads = ops(clean_memcached_servers, 1)
+    check_never_wrong()
+    assert ops(clean_memcached_servers, 1) == warm_reads  # now served by the cold shard alone
+    deleted = moving[-1]
+    assert client.delete(deleted).ok  # on the cold shard and its warm source
+    assert not check_never_wrong()[deleted].found  # and it does not come back
+    expected.pop(deleted)
+
+    # 3. ACTIVE: m2 serves everything it was given, the deleted key stays gone.
+    manager.update_shard_states([ShardState(m0), ShardState(m2)])
+    got = check_never_wrong()
+    assert all(got[k].value == expected[k] for k in moving if k != deleted)
+    assert not got[deleted].found
+    cold.close()
+    client.close()
