@@ -1,1 +1,1 @@
-"""shardcache benchmarks: ``python -m bench [cache|cluster|sentinel|startup] [options]``."""
+"""shardcache benchmarks: ``python -m bench [cache|cluster|sentinel|memcache|startup]``."""

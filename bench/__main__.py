@@ -1,16 +1,17 @@
-"""``python -m bench [cache|cluster|sentinel|startup]`` (cache by default); ``--help`` for
-options."""
+"""``python -m bench [cache|cluster|sentinel|memcache|startup]`` (cache by default);
+``--help`` for options."""
 
 from __future__ import annotations
 
 import sys
 
-from bench import cache, cluster, sentinel, startup
+from bench import cache, cluster, memcache, sentinel, startup
 
 BENCHMARKS = {
     "cache": cache.main,
     "cluster": cluster.main,
     "sentinel": sentinel.main,
+    "memcache": memcache.main,
     "startup": startup.main,
 }
 

@@ -428,7 +428,7 @@ def test_update_shard_states_keeps_pools_and_warns_when_keys_remap(
         [ShardState(a, DOWN if i == 1 else ACTIVE) for i, a in enumerate(addresses)]
     )
     after = client.manager.get_all_shards()
-    assert [s.client for s in after] == [s.client for s in before]  # state-only: same pools
+    assert [s.pool for s in after] == [s.pool for s in before]  # state-only: same pools
     assert after[1].state is DOWN
     assert "remap" not in caplog.text
     with caplog.at_level(logging.WARNING, logger="shardcache"):

@@ -107,7 +107,7 @@ class ShardedMemcacheClient:
                 sent=False,
             )
         try:
-            result = getattr(shard.client, method)(*args, **kwargs)
+            result = shard.call(method, *args, **kwargs)
         except _CONNECTION_ERRORS as exc:
             self.manager.mark_unhealthy(shard)
             raise ShardUnavailableError(
@@ -154,7 +154,21 @@ class ShardedMemcacheClient:
     # --- reads -----------------------------------------------------------------------------------
 
     def get(self, key: bytes | str) -> GetResponse:
-        return next(iter(self.get_multi([key]).values()))
+        try:
+            data = validate_key(key)
+        except ValueError:
+            return next(iter(self.get_multi([key]).values()))
+        shard = self.manager.get_shard(data)
+        if shard is None or shard.state is not ACTIVE:
+            return next(iter(self.get_multi([data]).values()))
+        # The common case without the batch machinery: one ACTIVE shard, one key.
+        try:
+            hit = self._io(shard, "get", data)
+        except (MemcacheError, ShardUnavailableError) as exc:
+            return GetResponse(data, _status_of(exc), error=exc)
+        if hit is None:
+            return GetResponse(data)
+        return GetResponse(data, Status.NO_ERROR, hit[0], hit[1])
 
     def gets(self, key: bytes | str) -> GetResponse:
         """`get` with the item's CAS id (from the server, or 0 for a skipped shard)."""
@@ -256,10 +270,39 @@ class ShardedMemcacheClient:
 
     def set(self, item: Item) -> MutateResponse:
         """Store ``item``; conditional (CAS) when ``item.cas`` is not 0."""
-        return self.set_multi([item])[0]
+        try:
+            key = validate_key(item.key)
+        except ValueError:
+            return self.set_multi([item])[0]
+        shard = self.manager.get_shard(key)
+        if shard is None or shard.state is not ACTIVE:
+            return self.set_multi([item])[0]
+        return self._store(shard, "set", key, item)  # one key on an ACTIVE shard: no batching
 
     def set_multi(self, items: Sequence[Item]) -> list[MutateResponse]:
         return self._write(items, "set", states=(ACTIVE,))
+
+    def _set_batch(
+        self, shard: ShardHandle, group: list[tuple[int, bytes, Item]]
+    ) -> list[MutateResponse]:
+        """Plain sets (cas 0) of one shard in one pipelined request per (expiration, flags)."""
+        by_options: dict[tuple[int, int], dict[bytes, bytes]] = {}
+        for _, key, item in group:
+            by_options.setdefault((item.expiration, item.flags), {})[key] = item.value
+        failed: dict[bytes, MutateResponse] = {}
+        for (expiration, flags), values in by_options.items():
+            try:
+                for key in self._io(
+                    shard, "set_many", values, expiration, noreply=False, flags=flags
+                ):
+                    key = key.encode() if isinstance(key, str) else key
+                    failed[key] = MutateResponse(key, Status.ITEM_NOT_STORED)
+            except MemcacheServerError:  # one value too large fails the request: one by one
+                for key, value in values.items():
+                    failed[key] = self._store(
+                        shard, "set", key, Item(key, value, flags, 0, expiration)
+                    )
+        return [failed.get(key) or MutateResponse(key) for _, key, _ in group]
 
     def set_sentinels(self, items: Sequence[Item]) -> list[MutateResponse]:
         return self._write(items, "set", states=_SENTINEL_READ, warm_ok=True)
@@ -313,7 +356,10 @@ class ShardedMemcacheClient:
             if shard.state not in states:
                 shard.count("skipped")
                 return [MutateResponse(key) for _, key, _ in group]
-            responses = [self._store(shard, op, key, item) for _, key, item in group]
+            if op == "set" and not any(item.cas for _, _, item in group):
+                responses = self._set_batch(shard, group)
+            else:
+                responses = [self._store(shard, op, key, item) for _, key, item in group]
             if warm_ok and shard.state is WARM_UP:  # a warm-up write never fails
                 return [MutateResponse(r.key) for r in responses]
             return responses
@@ -444,36 +490,38 @@ class ShardedMemcacheClient:
 
     # --- every shard ---------------------------------------------------------------------------
 
-    def _everyone(self, fn: Callable[[Any], T]) -> tuple[dict[int, T], dict[int, Exception]]:
-        results: dict[int, T] = {}
+    def _everyone(
+        self, method: str, *args: Any, **kwargs: Any
+    ) -> tuple[dict[int, Any], dict[int, Exception]]:
+        results: dict[int, Any] = {}
         errors: dict[int, Exception] = {}
         for shard in self.manager.get_all_shards():
             if shard.state is DOWN and self.skip_down:
                 continue
             try:
-                results[shard.index] = fn(shard.client)
-            except (MemcacheError, *_CONNECTION_ERRORS) as exc:
+                results[shard.index] = shard.call(method, *args, **kwargs)
+            except (MemcacheError, ShardUnavailableError, *_CONNECTION_ERRORS) as exc:
                 errors[shard.index] = exc
         return results, errors
 
     def flush(self, expiration: int = 0) -> StatResponse:
         """``flush_all`` on every shard (any state); per-shard errors in the response."""
-        done, errors = self._everyone(lambda c: c.flush_all(expiration, noreply=False))
+        done, errors = self._everyone("flush_all", expiration, noreply=False)
         return StatResponse({i: {"flushed": str(ok)} for i, ok in done.items()}, errors)
 
     def stat(self, key: str | None = None) -> StatResponse:
         """``stats`` (or ``stats <key>``) of every shard."""
         args = (key,) if key else ()
-        raw, errors = self._everyone(lambda c: c.stats(*args))
+        raw, errors = self._everyone("stats", *args)
         entries = {i: {_text(k): _text(v) for k, v in stats.items()} for i, stats in raw.items()}
         return StatResponse(entries, errors)
 
     def version(self) -> VersionResponse:
-        raw, errors = self._everyone(lambda c: c.version())
+        raw, errors = self._everyone("version")
         return VersionResponse({i: _text(v) for i, v in raw.items()}, errors)
 
     def verbosity(self, level: int) -> StatResponse:
-        done, errors = self._everyone(lambda c: c.raw_command(b"verbosity %d" % level))
+        done, errors = self._everyone("raw_command", b"verbosity %d" % level)
         return StatResponse({i: {"verbosity": _text(r)} for i, r in done.items()}, errors)
 
     def close(self) -> None:

@@ -15,8 +15,15 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from pymemcache.client.base import PooledClient
+from pymemcache.client.base import Client
+from pymemcache.exceptions import (
+    MemcacheClientError,
+    MemcacheIllegalInputError,
+    MemcacheServerError,
+    MemcacheUnknownCommandError,
+)
 
+from shardcache.connections import ConnectionPool
 from shardcache.errors import ConfigurationError
 from shardcache.hashing import Ketama, Rendezvous
 from shardcache.topologies.memcache.model import Item, MemcachedState, ShardState
@@ -33,10 +40,25 @@ logger = logging.getLogger("shardcache")
 
 ShardFunc = Callable[[bytes, int], int]
 
+# Replies that leave the connection in step (the server answered a full line).
+_KEEP_CONNECTION = (
+    MemcacheClientError,
+    MemcacheServerError,
+    MemcacheUnknownCommandError,
+    MemcacheIllegalInputError,
+)
+
 
 def crc32_shard_func(key: bytes, count: int) -> int:
     """The seed's example: CRC-32 of the key, modulo the number of shards."""
     return (zlib.crc32(key) & 0xFFFFFFFF) % count if count else -1
+
+
+class _Connection(Client):  # type: ignore[misc]
+    """A pymemcache client as one pooled connection (the pool closes it by ``disconnect``)."""
+
+    def disconnect(self) -> None:
+        self.close()
 
 
 class _Passthrough:
@@ -56,10 +78,26 @@ class ShardHandle:
     index: int
     address: str
     state: MemcachedState
-    client: PooledClient
+    pool: ConnectionPool
     warm_source: ShardHandle | None = None
     unhealthy_until: float = 0.0
     counters: dict[str, int] = field(default_factory=dict)
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """pymemcache's ``method`` on a pooled connection; the connection is dropped after a
+        socket error (pymemcache has closed it) and kept after a protocol-level one."""
+        pool = self.pool
+        conn = pool.acquire()
+        try:
+            result = getattr(conn, method)(*args, **kwargs)
+        except _KEEP_CONNECTION:
+            pool.release(conn)
+            raise
+        except BaseException:
+            pool.discard(conn)
+            raise
+        pool.release(conn)
+        return result
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
@@ -140,8 +178,8 @@ class StaticShardManager:
             fresh: list[ShardHandle] = []
             for index, spec in enumerate(wanted):
                 previous = pools.get(spec.address)
-                client = previous.client if previous else self._connect(spec.address)
-                handle = ShardHandle(index, spec.address, spec.state, client)
+                pool = previous.pool if previous else self._connect(spec.address)
+                handle = ShardHandle(index, spec.address, spec.state, pool)
                 if previous is not None:
                     handle.counters = previous.counters
                     handle.unhealthy_until = previous.unhealthy_until
@@ -171,7 +209,7 @@ class StaticShardManager:
         }
         for shard in old:
             if shard.address not in kept:
-                shard.client.close()
+                shard.pool.close()
 
     def _make_shard_func(self, addresses: list[str]) -> ShardFunc:
         spec = self._shard_func_spec
@@ -184,16 +222,24 @@ class StaticShardManager:
             f"unknown shard_func {spec!r}: a function, 'ketama' or 'rendezvous'"
         )
 
-    def _connect(self, address: str) -> PooledClient:
+    def _connect(self, address: str) -> ConnectionPool:
         host, _, port = address.rpartition(":")
         if not host or not port.isdigit():
             raise ConfigurationError(f"bad memcached address {address!r}: expected host:port")
-        return PooledClient(
-            (host, int(port)),
-            serde=_Passthrough(),
-            no_delay=True,
-            default_noreply=False,
-            **self._options,
+        server = (host, int(port))
+        connect_timeout, timeout = self._options["connect_timeout"], self._options["timeout"]
+        return ConnectionPool(
+            lambda: _Connection(
+                server,
+                serde=_Passthrough(),
+                connect_timeout=connect_timeout,
+                timeout=timeout,
+                no_delay=True,
+                default_noreply=False,
+            ),
+            max_connections=int(self._options["max_pool_size"]),
+            timeout=connect_timeout,
+            name=address,
         )
 
     def mark_unhealthy(self, shard: ShardHandle) -> None:
@@ -232,6 +278,6 @@ class StaticShardManager:
 
     def close(self) -> None:
         for shard in self._snapshot.shards:
-            shard.client.close()
+            shard.pool.close()
             if shard.warm_source is not None and shard.warm_source.index == -1:
-                shard.warm_source.client.close()
+                shard.warm_source.pool.close()
