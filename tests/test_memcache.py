@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -625,3 +626,86 @@ def test_rollout_write_only_then_warm_up_with_read_through_then_active(
     assert not got[deleted].found
     cold.close()
     client.close()
+
+
+def test_sentinel_mappings_skip_down_shards_and_flag_warming_up(
+    clean_memcached_servers: MemcachedServers,
+) -> None:
+    addresses = clean_memcached_servers.addresses
+    manager = StaticShardManager(
+        [
+            ShardState(addresses[0]),
+            ShardState(addresses[1], WARM_UP),
+            ShardState(addresses[2], DOWN),
+        ]
+    )
+    keys = [f"s{i}".encode() for i in range(60)]
+    mappings = manager.get_shards_for_sentinels_from_keys(keys)
+    assert sorted((m.shard.index, m.warming_up) for m in mappings if m.shard) == [
+        (0, False),
+        (1, True),
+    ]
+    items = manager.get_shards_for_sentinels_from_items([Item(k) for k in keys])
+    assert sum(len(m.entries) for m in items) == sum(len(m.entries) for m in mappings)
+    manager.close()
+
+
+def test_a_killed_memcached_under_8_threads_with_ignore_errors(
+    make: Make,
+    clean_memcached_servers: MemcachedServers,
+    shardcache_report: Callable[[str], None],
+) -> None:
+    client = make(retry_timeout=1)
+    cache = Cache(MemcacheTopology(client), ignore_errors=True)
+    victim = clean_memcached_servers.servers[1]
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    stale: list[str] = []
+
+    def work(n: int) -> None:
+        i = 0
+        while not stop.is_set():
+            key = f"w{n}:{i % 50}"
+            i += 1
+            try:
+                stored = cache.set(key, i)
+                got = cache.get(key)
+                if got is not None and (got != i or not stored):
+                    stale.append(key)  # a value other than the one just written
+            except BaseException as exc:
+                errors.append(exc)
+                return
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    try:
+        wait_until(
+            lambda: client.manager.get_all_shards()[1].counters.get("ok", 0) > 200,
+            timeout=30,
+            what="traffic",
+        )
+        clean_memcached_servers.kill(victim)
+        wait_until(
+            lambda: not client.manager.get_all_shards()[1].healthy,
+            timeout=30,
+            what="the shard marked down",
+        )
+        clean_memcached_servers.restart(victim)
+        restarted = time.monotonic()
+        served = client.manager.get_all_shards()[1].counters.get("ok", 0)
+        wait_until(
+            lambda: client.manager.get_all_shards()[1].counters.get("ok", 0) > served,
+            timeout=30,
+            what="the restarted memcached to be used again",
+        )
+        back = time.monotonic() - restarted
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    shardcache_report(
+        f"memcached killed under 8 threads: back in service {back:.2f}s after its restart"
+    )
+    assert errors == []
+    assert stale == []

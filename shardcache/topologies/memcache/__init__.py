@@ -4,6 +4,7 @@ from shardcache.topologies.memcache.client import ShardedMemcacheClient
 from shardcache.topologies.memcache.manager import (
     ShardHandle,
     ShardManager,
+    ShardMapping,
     StaticShardManager,
     crc32_shard_func,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "MutateResponse",
     "ShardHandle",
     "ShardManager",
+    "ShardMapping",
     "ShardState",
     "ShardedMemcacheClient",
     "StatResponse",

@@ -32,6 +32,7 @@ __all__ = [
     "ShardFunc",
     "ShardHandle",
     "ShardManager",
+    "ShardMapping",
     "StaticShardManager",
     "crc32_shard_func",
 ]
@@ -105,6 +106,19 @@ class ShardHandle:
     @property
     def healthy(self) -> bool:
         return time.monotonic() >= self.unhealthy_until
+
+
+@dataclass
+class ShardMapping:
+    """Keys (or items) of one shard for the sentinel calls; ``warming_up`` says that errors
+    writing them are to be turned into success (the shard is in WARM_UP)."""
+
+    shard: ShardHandle | None
+    entries: list[Any]
+    warming_up: bool
+
+
+_SENTINEL_STATES = (MemcachedState.ACTIVE, MemcachedState.WRITE_ONLY, MemcachedState.WARM_UP)
 
 
 @dataclass(frozen=True)
@@ -266,6 +280,24 @@ class StaticShardManager:
             key = item.key.encode() if isinstance(item.key, str) else item.key
             groups.setdefault(snapshot.for_key(key, func), []).append(item)
         return groups
+
+    def get_shards_for_sentinels_from_keys(self, keys: Iterable[bytes]) -> list[ShardMapping]:
+        """The keys of every shard the sentinel calls contact (all but DOWN); an unmapped key
+        comes under ``shard=None``."""
+        return self._sentinel_mappings(self.get_shards_for_keys(keys))
+
+    def get_shards_for_sentinels_from_items(self, items: Iterable[Item]) -> list[ShardMapping]:
+        return self._sentinel_mappings(self.get_shards_for_items(items))
+
+    @staticmethod
+    def _sentinel_mappings(groups: dict[ShardHandle | None, list[Any]]) -> list[ShardMapping]:
+        return [
+            ShardMapping(
+                shard, entries, shard is not None and shard.state is MemcachedState.WARM_UP
+            )
+            for shard, entries in groups.items()
+            if shard is None or shard.state in _SENTINEL_STATES
+        ]
 
     def get_all_shards(self) -> tuple[ShardHandle, ...]:
         return self._snapshot.shards
