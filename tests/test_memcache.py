@@ -709,3 +709,32 @@ def test_a_killed_memcached_under_8_threads_with_ignore_errors(
     )
     assert errors == []
     assert stale == []
+
+
+@pytest.mark.parametrize(("state", "writes_ok"), [(WARM_UP, True), (WRITE_ONLY, False)])
+def test_connect_failure_on_sentinel_calls(
+    make: Make, clean_memcached_servers: MemcachedServers, state: MemcachedState, writes_ok: bool
+) -> None:
+    client = make(state)
+    key = key_on(client, 1)
+    clean_memcached_servers.kill(clean_memcached_servers.servers[1])
+    write = client.set_sentinels([Item(key, b"v")])[0]
+    assert (write.status is Status.NO_ERROR) is writes_ok  # a warm-up write never fails
+    if not writes_ok:
+        assert write.status is Status.CONNECTION_UNAVAILABLE
+    read = client.get_sentinels([key])[key]
+    assert read.status is Status.CONNECTION_UNAVAILABLE  # reads surface the error
+    assert client.get(key).status is Status.KEY_NOT_FOUND  # a plain get never dials it
+
+
+def test_gets_on_warm_up_reads_through_and_returns_the_cold_cas(
+    make: Make, clean_memcached_servers: MemcachedServers
+) -> None:
+    client = make(WARM_UP, warm_source=clean_memcached_servers.addresses[0])
+    key = key_on(client, 1)
+    seed(clean_memcached_servers, 0, key, b"from the warm server")
+    got = client.gets(key)
+    assert got.value == b"from the warm server"
+    assert got.cas != 0
+    assert peek(clean_memcached_servers, 1, key) == b"from the warm server"  # backfilled
+    assert client.cas_sentinels([Item(key, b"newer", cas=got.cas)])[0].ok  # the cold CAS id
