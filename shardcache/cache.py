@@ -25,6 +25,7 @@ from shardcache.errors import (
     ConfigurationError,
     InvalidKeyError,
     MissingKeyError,
+    NotAnIntegerError,
     SerializationError,
     ShardError,
     ShardUnavailableError,
@@ -215,7 +216,7 @@ class Cache:
     def incr(self, key: Key, delta: int = 1) -> int:
         """Add ``delta`` to the integer under ``key`` atomically on the server and return the
         new value. `MissingKeyError` (a ValueError) when the key does not exist;
-        `CommandError` when its value is not an integer."""
+        `NotAnIntegerError` (a TypeError) when its value is not an integer."""
         k = self.make_key(key)
         shard = self.topology.shard_for(k)
         try:
@@ -225,6 +226,10 @@ class Cache:
                 if not isinstance(exc.reply, NoScriptError):
                     raise
                 result = shard.execute(b"EVAL", _INCR_EXISTING, 1, k, delta, key=k)
+        except CommandError as exc:
+            if "not an integer" in str(exc):
+                raise NotAnIntegerError(f"{key!r} does not hold an integer: {exc}") from exc
+            raise
         except ShardUnavailableError as exc:
             self._unavailable(exc, None)
             result = None

@@ -7,6 +7,7 @@ catch the library's failures in one clause without catching unrelated bugs::
     ├── ConfigurationError        a setting is missing, malformed or contradictory
     ├── InvalidKeyError           a key is not str/bytes, or is empty (also a ValueError)
     ├── MissingKeyError           incr/decr of a key that does not exist (also a ValueError)
+    ├── NotAnIntegerError         incr/decr of a value that is not an integer (also a TypeError)
     ├── SerializationError        a value cannot be encoded, or stored bytes cannot be decoded
     ├── ShardError                a server-side problem on one shard (names the shard and key)
     │   ├── ShardUnavailableError the shard cannot be reached: refused, timed out, pool exhausted
@@ -32,6 +33,7 @@ __all__ = [
     "InvalidKeyError",
     "LocalServerError",
     "MissingKeyError",
+    "NotAnIntegerError",
     "PortInUseError",
     "RedirectsExhaustedError",
     "SentinelError",
@@ -57,6 +59,10 @@ class InvalidKeyError(ShardcacheError, ValueError):
 
 class MissingKeyError(ShardcacheError, ValueError):
     """``incr``/``decr`` of a key that does not exist (Django raises ``ValueError`` too)."""
+
+
+class NotAnIntegerError(ShardcacheError, TypeError):
+    """``incr``/``decr`` of a value that is not an integer (Django expects a TypeError)."""
 
 
 class SerializationError(ShardcacheError):

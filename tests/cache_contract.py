@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import redis
 
-from shardcache import Cache, CommandError, InvalidKeyError, MissingKeyError
+from shardcache import Cache, InvalidKeyError, MissingKeyError, NotAnIntegerError
 from shardcache.errors import ConfigurationError
 
 RawClient = Callable[[bytes], redis.Redis]
@@ -155,10 +155,12 @@ class CacheContract:
             cache.decr("missing")
         assert cache.has("missing") is False
 
-    def test_incr_of_a_non_integer_is_a_command_error(self, cache: Cache) -> None:
+    def test_incr_of_a_non_integer_is_a_type_error(self, cache: Cache) -> None:
         cache.set("s", "text")
-        with pytest.raises(CommandError, match="not an integer"):
+        with pytest.raises(NotAnIntegerError, match="not hold an integer"):
             cache.incr("s")
+        with pytest.raises(TypeError):  # as Django expects
+            cache.decr("s")
         assert cache.get("s") == "text"
 
     def test_incr_keeps_the_ttl(self, cache: Cache) -> None:
