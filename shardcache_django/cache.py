@@ -1,0 +1,208 @@
+"""Django ``CACHES`` backends, one per topology. They only make keys, convert timeouts and
+return values the way Django's own backends do; every behaviour lives in `shardcache.Cache`.
+
+    CACHES = {"default": {
+        "BACKEND": "shardcache_django.cache.RedisClusterCache",
+        "LOCATION": ["redis://node-a:7000", "redis://node-b:7001"],
+        "OPTIONS": {"READ_FROM_REPLICAS": False, "COMPRESSOR": "zstd"},
+    }}
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator
+from typing import Any, ClassVar
+
+import redis.lock
+from django.core.cache.backends.base import (
+    DEFAULT_TIMEOUT,
+    BaseCache,
+    InvalidCacheKey,
+    default_key_func,
+    memcache_key_warnings,
+)
+from django.core.exceptions import ImproperlyConfigured
+
+from shardcache import Cache, ShardState
+from shardcache.cache import _glob_escape
+from shardcache_django.config import build_cache, problems
+
+__all__ = ["RedisClusterCache", "RedisSentinelCache", "ShardedMemcacheCache", "ShardedRedisCache"]
+
+
+class _ShardcacheCache(BaseCache):
+    """What the four backends share; ``kind`` picks the topology."""
+
+    kind: ClassVar[str]
+
+    def __init__(self, server: Any, params: dict[str, Any]) -> None:
+        super().__init__(params)
+        self._location = server
+        self._options = dict(params.get("OPTIONS") or {})
+        self._core: Cache | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def core(self) -> Cache:
+        """The core cache, built on first use (a bad entry raises ImproperlyConfigured)."""
+        if self._core is None:
+            with self._lock:
+                if self._core is None:
+                    found = problems(self.kind, self._location, self._options)
+                    if found:
+                        text = "; ".join(f"shardcache.E00{n}: {m}" for n, m in found)
+                        raise ImproperlyConfigured(f"{type(self).__name__}: {text}")
+                    self._core = build_cache(self.kind, self._location, self._options)
+        return self._core
+
+    def _ttl(self, timeout: Any) -> float | None:
+        # Django: DEFAULT_TIMEOUT = the configured default, None = forever, 0 or less = do
+        # not keep. The core reads ttl <= 0 the same way.
+        if timeout is DEFAULT_TIMEOUT:
+            timeout = self.default_timeout
+        return None if timeout is None else float(timeout)
+
+    # --- BaseCache ------------------------------------------------------------------------
+
+    def add(
+        self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: Any = None
+    ) -> bool:
+        return self.core.add(self.make_and_validate_key(key, version), value, self._ttl(timeout))
+
+    def get(self, key: Any, default: Any = None, version: Any = None) -> Any:
+        return self.core.get(self.make_and_validate_key(key, version), default)
+
+    def set(
+        self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: Any = None
+    ) -> None:
+        self.core.set(self.make_and_validate_key(key, version), value, self._ttl(timeout))
+
+    def touch(self, key: Any, timeout: Any = DEFAULT_TIMEOUT, version: Any = None) -> bool:
+        return self.core.touch(self.make_and_validate_key(key, version), self._ttl(timeout))
+
+    def delete(self, key: Any, version: Any = None) -> bool:
+        return self.core.delete(self.make_and_validate_key(key, version))
+
+    def get_many(self, keys: Iterable[Any], version: Any = None) -> dict[Any, Any]:
+        made = {self.make_and_validate_key(key, version): key for key in keys}
+        return {made[k]: value for k, value in self.core.get_many(list(made)).items()}
+
+    def has_key(self, key: Any, version: Any = None) -> bool:
+        return self.core.has(self.make_and_validate_key(key, version))
+
+    def incr(self, key: Any, delta: int = 1, version: Any = None) -> int:
+        return self.core.incr(self.make_and_validate_key(key, version), delta)
+
+    def decr(self, key: Any, delta: int = 1, version: Any = None) -> int:
+        return self.core.incr(self.make_and_validate_key(key, version), -delta)
+
+    def set_many(
+        self, data: dict[Any, Any], timeout: Any = DEFAULT_TIMEOUT, version: Any = None
+    ) -> list[Any]:
+        made = {self.make_and_validate_key(key, version): key for key in data}
+        failed = self.core.set_many({k: data[o] for k, o in made.items()}, self._ttl(timeout))
+        return [made[k] for k in failed]
+
+    def delete_many(self, keys: Iterable[Any], version: Any = None) -> None:
+        made = [self.make_and_validate_key(key, version) for key in keys]
+        if made:
+            self.core.delete_many(made)
+
+    def clear(self) -> None:
+        """With a KEY_PREFIX and the default KEY_FUNCTION, only this prefix's keys go; else
+        every database of the cache is emptied, as Django's RedisCache does."""
+        if self.key_prefix and self.key_func is default_key_func and self.kind != "memcache":
+            Cache(self.core.topology, prefix=f"{self.key_prefix}:").clear()
+        else:
+            self.core.clear(flush=True)
+
+    def close(self, **kwargs: Any) -> None:
+        # Django calls this at the end of every request; the pools are meant to outlive it.
+        pass
+
+    # --- what django-redis users rely on -----------------------------------------------------
+
+    def ttl(self, key: Any, version: Any = None) -> float | None:
+        """Seconds left; None for a key that never expires; 0 for a missing key."""
+        return self.core.ttl(self.make_and_validate_key(key, version))
+
+    def pttl(self, key: Any, version: Any = None) -> int | None:
+        seconds = self.ttl(key, version)
+        return None if seconds is None else int(seconds * 1000)
+
+    def expire(self, key: Any, timeout: Any, version: Any = None) -> bool:
+        return self.core.expire(self.make_and_validate_key(key, version), self._ttl(timeout))
+
+    def persist(self, key: Any, version: Any = None) -> bool:
+        return self.core.persist(self.make_and_validate_key(key, version))
+
+    def lock(
+        self,
+        key: Any,
+        version: Any = None,
+        timeout: float | None = None,
+        sleep: float = 0.1,
+        blocking_timeout: float | None = None,
+    ) -> redis.lock.Lock:
+        return self.core.lock(
+            self.make_and_validate_key(key, version), timeout, blocking_timeout, sleep
+        )
+
+    def _scan(self, search: str, version: Any) -> Iterator[bytes]:
+        """The stored keys matching the glob ``search`` (SCAN on every master, never KEYS)."""
+        pattern = self.make_key(search, version).encode()
+        if self.key_func is default_key_func:  # the prefix is literal, only ``search`` globs
+            head = self.make_key("", version).encode()
+            pattern = _glob_escape(head) + pattern[len(head) :]
+        for shard in self.core.topology.shards():
+            yield from shard.scan(pattern)
+
+    def iter_keys(self, search: str, version: Any = None) -> Iterator[str]:
+        """Keys matching the glob ``search``, as given to the cache when the default
+        KEY_FUNCTION made them (prefix and version removed), else as stored."""
+        head = self.make_key("", version).encode() if self.key_func is default_key_func else b""
+        for key in self._scan(search, version):
+            yield key[len(head) :].decode()
+
+    def keys(self, search: str, version: Any = None) -> list[str]:
+        return list(self.iter_keys(search, version))
+
+    def delete_pattern(self, pattern: str, version: Any = None) -> int:
+        """Delete every key matching the glob ``pattern``; return how many."""
+        found = list(self._scan(pattern, version))
+        return self.core.delete_many(found) if found else 0
+
+
+class ShardedRedisCache(_ShardcacheCache):
+    """Independent Redis servers, keys hashed over them (``OPTIONS["HASH"]``)."""
+
+    kind = "hashpool"
+
+
+class RedisClusterCache(_ShardcacheCache):
+    """A Redis Cluster (``LOCATION``: startup nodes; ``OPTIONS["READ_FROM_REPLICAS"]``)."""
+
+    kind = "cluster"
+
+
+class RedisSentinelCache(_ShardcacheCache):
+    """Sentinel-managed masters (``LOCATION``: sentinels; ``OPTIONS["MASTERS"]``)."""
+
+    kind = "sentinel"
+
+
+class ShardedMemcacheCache(_ShardcacheCache):
+    """Memcached servers with shard states (``OPTIONS["SHARD_STATES"]``)."""
+
+    kind = "memcache"
+
+    def validate_key(self, key: str) -> None:
+        # As Django's own memcached backends: an unsafe key is an error, not a warning.
+        for warning in memcache_key_warnings(key):
+            raise InvalidCacheKey(warning)
+
+    def update_shard_states(self, states: list[ShardState | str]) -> None:
+        """Change the shards' states at run time (e.g. ``caches["mc"].update_shard_states``)."""
+        topology = self.core.topology
+        topology.client.manager.update_shard_states(states)  # type: ignore[attr-defined]
