@@ -1,17 +1,18 @@
-"""``python -m bench [cache|cluster|sentinel|memcache|startup]`` (cache by default);
+"""``python -m bench [cache|cluster|sentinel|memcache|django|startup]`` (cache by default);
 ``--help`` for options."""
 
 from __future__ import annotations
 
 import sys
 
-from bench import cache, cluster, memcache, sentinel, startup
+from bench import cache, cluster, django_caches, memcache, sentinel, startup
 
 BENCHMARKS = {
     "cache": cache.main,
     "cluster": cluster.main,
     "sentinel": sentinel.main,
     "memcache": memcache.main,
+    "django": django_caches.main,
     "startup": startup.main,
 }
 

@@ -127,6 +127,18 @@ class MemcacheShard:
             raise CommandError("value too large for memcached", shard=self.id, key=key)
         return b"OK" if response.ok else None
 
+    def set_many(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        """Plain ``SET key value [PX ms]`` commands as one pipelined memcache request."""
+        items = [
+            Item(c[1], c[2], expiration=_expiration(int(c[4])) if len(c) > 3 else 0)
+            for c in commands
+        ]
+        replies: list[Any] = []
+        for command, response in zip(commands, self.memcache.set_multi(items), strict=True):
+            self._check(response, command[1])
+            replies.append(b"OK" if response.ok else None)
+        return replies
+
     def _cmd_del(self, *keys: bytes) -> int:
         responses = self.memcache.delete_multi(keys)
         for key, response in zip(keys, responses, strict=True):
@@ -185,6 +197,12 @@ class MemcacheShard:
         return b"OK"
 
 
+def _plain_set(command: Sequence[Any]) -> bool:
+    return command[0] in (b"SET", "SET") and (
+        len(command) == 3 or (len(command) == 5 and command[3] in (b"PX", "PX"))
+    )
+
+
 class _Running:
     """A batch for one memcached, started on the client's thread pool when begun."""
 
@@ -193,6 +211,8 @@ class _Running:
 
     @staticmethod
     def _run_all(shard: MemcacheShard, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        if len(commands) > 1 and all(_plain_set(c) for c in commands):
+            return shard.set_many(commands)  # the cache's set_many: one request, not N
         replies: list[Any] = []
         for command in commands:
             try:
