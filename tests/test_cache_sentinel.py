@@ -81,8 +81,9 @@ def test_unknown_names_and_unreachable_sentinels_are_sentinel_errors(
 def test_a_redis_error_is_not_a_sentinel_error(client: SentinelClient) -> None:
     cache = Cache(client, prefix="t:")
     cache.set("s", "text")
-    with pytest.raises(CommandError) as error:
-        cache.incr("s")
+    master = client.shard_for(b"t:s")
+    with pytest.raises(CommandError, match="WRONGTYPE") as error:
+        master.execute(b"LPUSH", b"t:s", b"x", key=b"t:s")
     assert error.value.sentinel_err is False
     with client.master("bucket0") as conn:
         conn.send_command("PING")
