@@ -69,9 +69,9 @@ def test_a_pytest_session_leaves_no_server_running(tmp_path: Path) -> None:
     (tmp_path / "test_inner.py").write_text(INNER_TEST)
     pids_file = tmp_path / "pids.json"
     env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    plugins_off = ["-p", "no:cacheprovider", "-p", "no:django"]
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:django"]
-        + [str(tmp_path)],
+        [sys.executable, "-m", "pytest", "-q", *plugins_off, str(tmp_path)],
         cwd=tmp_path,
         env={**env, "PIDS_FILE": str(pids_file)},
         capture_output=True,
