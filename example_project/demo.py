@@ -1,9 +1,10 @@
-"""The shardcache demo: every topology on real local servers, shown working, then stopped.
+"""The shardcache demo: every topology on real local servers, used through shardcache.
 
-Run it with ``./dev demo``. It brings up the local set that the example Django project and
-Flask app run on (3 standalone redis, a 6-node Redis Cluster, two Sentinel-managed masters,
-3 memcached), prints their addresses and a health table, sends writes and reads through each
-topology, and stops everything. The exit status is 0 only if every step worked.
+Run it with ``./dev demo``. It brings up the local set (3 standalone redis, a 6-node Redis
+Cluster, two Sentinel-managed masters, 3 memcached), prints a health table, then uses each
+topology through `shardcache.Cache` and through the Django backends, fails a sentinel master
+over while a cache keeps serving, and stops everything. The exit status is 0 only if every
+step worked.
 """
 
 from __future__ import annotations
@@ -13,59 +14,112 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-import redis
-from redis.cluster import ClusterNode, RedisCluster
-from redis.sentinel import Sentinel
+import django
+from django.conf import settings
 
-from shardcache.testing import LocalTopology, MemcachedServers, StandaloneRedis, format_health
-from shardcache.testing import RedisCluster as LocalCluster
-from shardcache.testing import RedisSentinel as LocalSentinel
+from shardcache import (
+    Cache,
+    Cluster,
+    HashPool,
+    MemcacheTopology,
+    SentinelClient,
+    ShardedMemcacheClient,
+    StaticShardManager,
+)
+from shardcache.testing import LocalTopology, format_health
 
-
-def standalone_round_trip(pool: StandaloneRedis) -> str:
-    for i, url in enumerate(pool.urls):
-        with redis.Redis.from_url(url, decode_responses=True) as conn:
-            conn.set("demo:hello", f"shard {i}")
-            assert conn.get("demo:hello") == f"shard {i}"
-    return f"set+get on each of {len(pool.urls)} servers"
-
-
-def cluster_round_trip(cluster: LocalCluster) -> str:
-    host, port = cluster.startup_nodes[0]
-    client = RedisCluster(startup_nodes=[ClusterNode(host, port)], decode_responses=True)
-    try:
-        keys = [f"demo:{i}" for i in range(300)]
-        for key in keys:
-            client.set(key, key)
-        assert all(client.get(key) == key for key in keys)
-        per_node = Counter(client.get_node_from_key(key).port for key in keys)
-    finally:
-        client.close()
-    spread = ", ".join(f":{port}={count}" for port, count in sorted(per_node.items()))
-    return f"{len(keys)} keys over {len(per_node)} masters ({spread})"
+KEYS = [f"demo:{i}" for i in range(300)]
 
 
-def sentinel_round_trip(setup: LocalSentinel) -> str:
-    sentinel = Sentinel(setup.sentinel_addresses, socket_timeout=2)
-    found = []
-    for name in setup.names:
-        master = sentinel.master_for(name, decode_responses=True)
-        master.set("demo:hello", name)
-        assert master.get("demo:hello") == name
-        host, port = sentinel.discover_master(name)
-        found.append(f"{name}->{host}:{port}")
-    return "via sentinel: " + ", ".join(found)
+def exercise(cache: Cache) -> str:
+    """Writes, reads, a counter and a clear through one cache; returns how keys spread."""
+    values = {key: {"n": i} for i, key in enumerate(KEYS)}
+    assert cache.set_many(values, ttl=60) == []
+    assert cache.get_many(KEYS) == values
+    cache.set("hits", 0)
+    assert [cache.incr("hits") for _ in range(3)] == [1, 2, 3]
+    spread = Counter(
+        {
+            shard.id: sum(len(run) for run in runs)
+            for shard, runs in cache.topology.group([cache.make_key(k) for k in KEYS]).items()
+        }
+    )
+    assert cache.delete_many(KEYS) == len(KEYS)
+    return f"300 keys over {len(spread)} shards ({', '.join(str(n) for n in spread.values())})"
 
 
-def memcached_round_trip(servers: MemcachedServers) -> str:
-    for i, server in enumerate(servers.servers):
-        conn = server.client()
+def exercising(make: Callable[[], Cache]) -> Callable[[], str]:
+    def run() -> str:
+        cache = make()
         try:
-            conn.set("demo:hello", f"shard {i}".encode())
-            assert conn.get("demo:hello") == f"shard {i}".encode()
+            return exercise(cache)
         finally:
-            conn.close()
-    return f"set+get on each of {len(servers.servers)} servers"
+            cache.close()
+
+    return run
+
+
+def configure_django(local: LocalTopology) -> None:
+    settings.configure(
+        INSTALLED_APPS=["shardcache_django"],
+        CACHES={
+            "default": {
+                "BACKEND": "shardcache_django.cache.ShardedRedisCache",
+                "LOCATION": local.standalone.urls,
+                "KEY_PREFIX": "django",
+            },
+            "cluster": {
+                "BACKEND": "shardcache_django.cache.RedisClusterCache",
+                "LOCATION": ";".join(a for a in local.cluster.describe()["startup_nodes"]),
+                "KEY_PREFIX": "django",
+            },
+            "sentinel": {
+                "BACKEND": "shardcache_django.cache.RedisSentinelCache",
+                "LOCATION": [f"{h}:{p}" for h, p in local.sentinel.sentinel_addresses],
+                "OPTIONS": {"MASTERS": ["bucket0", "bucket1"]},
+                "KEY_PREFIX": "django",
+            },
+            "memcache": {
+                "BACKEND": "shardcache_django.cache.ShardedMemcacheCache",
+                "LOCATION": local.memcached.addresses,
+                "KEY_PREFIX": "django",
+            },
+        },
+    )
+    django.setup()
+
+
+def django_round_trips() -> str:
+    from django.core import checks
+    from django.core.cache import caches
+
+    problems = checks.run_checks(tags=[checks.Tags.caches])
+    assert problems == [], problems
+    for alias in ("default", "cluster", "sentinel", "memcache"):
+        cache = caches[alias]
+        cache.set_many({"a": 1, "b": None})
+        assert cache.get_many(["a", "b", "c"]) == {"a": 1, "b": None}
+        assert cache.get_or_set("c", lambda: "computed") == "computed"
+        assert cache.incr("a") == 2
+        cache.clear()
+    return "4 backends: set_many, get_many, get_or_set, incr, clear; manage.py check clean"
+
+
+def failover_while_serving(local: LocalTopology) -> str:
+    client = SentinelClient(local.sentinel.sentinel_addresses, ["bucket0"])
+    cache = Cache(client, prefix="failover:")
+    cache.set("k", "before")
+    old = client.masters_now()["bucket0"]
+    new = local.sentinel.failover("bucket0", settle=False)
+    deadline = time.monotonic() + 15
+    while client.masters_now()["bucket0"] == old and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert client.masters_now()["bucket0"] == f"{new[0]}:{new[1]}"
+    assert cache.get("k") == "before"
+    assert cache.set("k", "after")
+    assert cache.get("k") == "after"
+    client.close()
+    return f"bucket0 moved {old} -> {new[0]}:{new[1]}; the cache followed with no error"
 
 
 def step(name: str, action: Callable[[], str]) -> bool:
@@ -73,9 +127,9 @@ def step(name: str, action: Callable[[], str]) -> bool:
     try:
         result = action()
     except Exception as exc:  # the demo reports every failure and carries on
-        print(f"  FAIL  {name:<10} {exc!r}")
+        print(f"  FAIL  {name:<22} {exc!r}")
         return False
-    print(f"  ok    {name:<10} {result}  ({(time.perf_counter() - began) * 1000:.1f} ms)")
+    print(f"  ok    {name:<22} {result}  ({(time.perf_counter() - began) * 1000:.0f} ms)")
     return True
 
 
@@ -85,14 +139,24 @@ def main() -> int:
         print(f"19 servers ready in {local.startup_seconds:.1f}s\n")
         rows = local.health()
         print(format_health(rows))
-        print("\nround trips:")
-        results = [
-            all(row.ok for row in rows),
-            step("standalone", lambda: standalone_round_trip(local.standalone)),
-            step("cluster", lambda: cluster_round_trip(local.cluster)),
-            step("sentinel", lambda: sentinel_round_trip(local.sentinel)),
-            step("memcached", lambda: memcached_round_trip(local.memcached)),
-        ]
+        memcache = ShardedMemcacheClient(StaticShardManager(local.memcached.addresses))
+        caches: dict[str, Callable[[], Cache]] = {
+            "hash pool": lambda: Cache(HashPool(local.standalone.urls, hash="ketama"), prefix="d:"),
+            "redis cluster": lambda: Cache(Cluster(local.cluster.describe()["startup_nodes"])),
+            "sentinel masters": lambda: Cache(
+                SentinelClient(local.sentinel.sentinel_addresses, ["bucket0", "bucket1"])
+            ),
+            "sharded memcache": lambda: Cache(MemcacheTopology(memcache)),
+        }
+        print("\nshardcache.Cache on each topology:")
+        results = [all(row.ok for row in rows)]
+        for name, make in caches.items():
+            results.append(step(name, exercising(make)))
+        print("\nDjango CACHES backends:")
+        configure_django(local)
+        results.append(step("django", django_round_trips))
+        print("\nfailover:")
+        results.append(step("sentinel failover", lambda: failover_while_serving(local)))
         print("\nstopping ...")
     print("done: every server healthy, every step worked" if all(results) else "done: FAILED")
     return 0 if all(results) else 1
