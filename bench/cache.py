@@ -15,14 +15,13 @@ Targets (ratios): get and set >= 1.6x; get_many(100) over 3 shards >= 1.2x.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
 from typing import Any
 
 import redis
 from redis.connection import Connection
 
-from bench.harness import compare
+from bench.harness import compare, slice_options
 from shardcache import Cache, HashPool
 from shardcache.testing import StandaloneRedis
 
@@ -31,10 +30,7 @@ VALUE = "v" * 64
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench cache", description=__doc__)
-    parser.add_argument("--seconds", type=float, default=0.5, help="length of one slice")
-    parser.add_argument("--rounds", type=int, default=6, help="slices per side and operation")
-    args = parser.parse_args(argv)
+    args = slice_options("cache", __doc__, argv)
 
     with StandaloneRedis(3) as servers:
         pool = HashPool(servers.urls)

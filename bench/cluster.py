@@ -10,12 +10,10 @@ Targets (ratios): get and set >= 2.5x; get_many(100) >= 4x mget_nonatomic.
 
 from __future__ import annotations
 
-import argparse
-
 from redis.cluster import ClusterNode as RedisPyNode
 from redis.cluster import RedisCluster as RedisPyCluster
 
-from bench.harness import compare
+from bench.harness import compare, slice_options
 from shardcache import Cache, Cluster
 from shardcache.testing import RedisCluster
 
@@ -24,10 +22,7 @@ VALUE = "v" * 64
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench cluster", description=__doc__)
-    parser.add_argument("--seconds", type=float, default=0.5, help="length of one slice")
-    parser.add_argument("--rounds", type=int, default=6, help="slices per side and operation")
-    args = parser.parse_args(argv)
+    args = slice_options("cluster", __doc__, argv)
 
     with RedisCluster() as local:
         host, port = local.startup_nodes[0]

@@ -11,7 +11,6 @@ Needs django-redis (``pip install 'shardcache[bench]'``).
 
 from __future__ import annotations
 
-import argparse
 import statistics
 from collections.abc import Callable
 from typing import Any
@@ -20,7 +19,7 @@ import django
 import redis
 from django.conf import settings
 
-from bench.harness import throughput
+from bench.harness import slice_options, throughput
 from shardcache.testing import MemcachedServers, StandaloneRedis
 
 VALUE = "v" * 64
@@ -94,10 +93,7 @@ def raw_workload(client: redis.Redis) -> dict[str, Callable[[], Any]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench django", description=__doc__)
-    parser.add_argument("--seconds", type=float, default=0.3, help="length of one slice")
-    parser.add_argument("--rounds", type=int, default=4, help="slices per backend and operation")
-    args = parser.parse_args(argv)
+    args = slice_options("django", __doc__, argv, seconds=0.3, rounds=4)
 
     with StandaloneRedis(3) as pool, MemcachedServers(3) as memcached:
         _configure(pool.urls, memcached.addresses)

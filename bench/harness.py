@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 Case = tuple[Callable[[], Any], Callable[[], Any]]
+
+
+def slice_options(
+    name: str, doc: str | None, argv: list[str] | None, *, seconds: float = 0.5, rounds: int = 6
+) -> argparse.Namespace:
+    """``--seconds`` (length of one timed slice) and ``--rounds`` (slices per side)."""
+    parser = argparse.ArgumentParser(prog=f"python -m bench {name}", description=doc)
+    parser.add_argument("--seconds", type=float, default=seconds, help="length of one slice")
+    parser.add_argument("--rounds", type=int, default=rounds, help="slices per side")
+    return parser.parse_args(argv)
 
 
 def throughput(fn: Callable[[], Any], seconds: float) -> tuple[int, float]:

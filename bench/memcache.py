@@ -10,12 +10,10 @@ Targets (ratios): get and set >= 1.8x HashClient; get_multi(100) >= 3x.
 
 from __future__ import annotations
 
-import argparse
-
 from pymemcache.client.base import Client
 from pymemcache.client.hash import HashClient
 
-from bench.harness import compare
+from bench.harness import compare, slice_options
 from shardcache import Item, ShardedMemcacheClient, StaticShardManager
 from shardcache.testing import MemcachedServers
 
@@ -24,10 +22,7 @@ VALUE = b"v" * 64
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench memcache", description=__doc__)
-    parser.add_argument("--seconds", type=float, default=0.5, help="length of one slice")
-    parser.add_argument("--rounds", type=int, default=6, help="slices per side and operation")
-    args = parser.parse_args(argv)
+    args = slice_options("memcache", __doc__, argv)
 
     with MemcachedServers(3) as servers:
         ours = ShardedMemcacheClient(StaticShardManager(servers.addresses))

@@ -10,11 +10,9 @@ Targets (ratios): get and set >= 1.6x.
 
 from __future__ import annotations
 
-import argparse
-
 from redis.sentinel import Sentinel
 
-from bench.harness import compare
+from bench.harness import compare, slice_options
 from shardcache import Cache, SentinelClient
 from shardcache.testing import RedisSentinel
 
@@ -23,10 +21,7 @@ VALUE = "v" * 64
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench sentinel", description=__doc__)
-    parser.add_argument("--seconds", type=float, default=0.5, help="length of one slice")
-    parser.add_argument("--rounds", type=int, default=6, help="slices per side and operation")
-    args = parser.parse_args(argv)
+    args = slice_options("sentinel", __doc__, argv)
 
     with RedisSentinel(["bucket0"]) as setup:
         client = SentinelClient(setup.sentinel_addresses, ["bucket0"])
