@@ -738,3 +738,16 @@ def test_gets_on_warm_up_reads_through_and_returns_the_cold_cas(
     assert got.cas != 0
     assert peek(clean_memcached_servers, 1, key) == b"from the warm server"  # backfilled
     assert client.cas_sentinels([Item(key, b"newer", cas=got.cas)])[0].ok  # the cold CAS id
+
+
+def test_state_updates_reuse_and_close_warm_source_pools(
+    clean_memcached_servers: MemcachedServers,
+) -> None:
+    m0, m1, m2 = clean_memcached_servers.addresses
+    manager = StaticShardManager([m0, ShardState(m2, WARM_UP, warm_source=m1)])
+    source_pool = manager.get_all_shards()[1].warm_source.pool  # type: ignore[union-attr]
+    manager.update_shard_states([m0, ShardState(m2, WARM_UP, warm_source=m1)])
+    assert manager.get_all_shards()[1].warm_source.pool is source_pool  # type: ignore[union-attr]
+    manager.update_shard_states([m0, m2])  # warm-up over: the source's pool is closed
+    assert source_pool.closed
+    manager.close()

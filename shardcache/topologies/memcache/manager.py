@@ -188,7 +188,9 @@ class StaticShardManager:
             raise ConfigurationError("a sharded memcache needs at least one shard")
         with self._lock:
             old = self._snapshot.shards
-            pools = {shard.address: shard for shard in old}
+            # Every handle in use now, warm sources outside the list included, by address.
+            previous_handles = [*old, *(s.warm_source for s in old if s.warm_source is not None)]
+            pools = {shard.address: shard for shard in reversed(previous_handles)}
             fresh: list[ShardHandle] = []
             for index, spec in enumerate(wanted):
                 previous = pools.get(spec.address)
@@ -202,13 +204,10 @@ class StaticShardManager:
             for handle, spec in zip(fresh, wanted, strict=True):
                 if spec.warm_source is not None:
                     source = by_address.get(spec.warm_source)
-                    if source is None:
-                        source = ShardHandle(
-                            -1,
-                            spec.warm_source,
-                            MemcachedState.ACTIVE,
-                            self._connect(spec.warm_source),
-                        )
+                    if source is None:  # a server outside the list, e.g. the one replaced
+                        known = pools.get(spec.warm_source)
+                        pool = known.pool if known else self._connect(spec.warm_source)
+                        source = ShardHandle(-1, spec.warm_source, MemcachedState.ACTIVE, pool)
                     handle.warm_source = source
             if old and len(old) != len(fresh):
                 logger.warning(
@@ -221,7 +220,7 @@ class StaticShardManager:
         kept = {h.address for h in fresh} | {
             h.warm_source.address for h in fresh if h.warm_source is not None
         }
-        for shard in old:
+        for shard in pools.values():
             if shard.address not in kept:
                 shard.pool.close()
 
