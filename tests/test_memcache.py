@@ -751,3 +751,20 @@ def test_state_updates_reuse_and_close_warm_source_pools(
     manager.update_shard_states([m0, m2])  # warm-up over: the source's pool is closed
     assert source_pool.closed
     manager.close()
+
+
+def test_read_through_ttl_is_capped_by_warm_max_ttl(
+    make: Make, clean_memcached_servers: MemcachedServers
+) -> None:
+    client = make(WARM_UP, warm_source=clean_memcached_servers.addresses[0], warm_max_ttl=60)
+    key = key_on(client, 1)
+    conn = clean_memcached_servers.servers[0].client()
+    try:
+        conn.set(key, b"no expiry on the warm server", expire=0, noreply=False)
+    finally:
+        conn.close()
+    assert client.get(key).value == b"no expiry on the warm server"
+    cold = client.manager.get_all_shards()[1]
+    ttl = client._remaining_ttl(cold, key)
+    assert ttl is not None
+    assert 0 < ttl <= 60  # capped, not "forever" like the source
