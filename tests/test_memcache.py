@@ -608,7 +608,7 @@ def test_rollout_write_only_then_warm_up_with_read_through_then_active(
     shard = manager.get_all_shards()[1]
     assert shard.counters.get("backfills", 0) == len(moving) - len(filled)
     cold = ShardedMemcacheClient(StaticShardManager([m2]))
-    ttl = cold._remaining_ttl(cold.manager.get_all_shards()[0], moving[-1])
+    ttl = cold.remaining_ttl(cold.manager.get_all_shards()[0], moving[-1])
     assert ttl is not None
     assert 250 < ttl <= 300  # the warm item's remaining TTL, not forever
     warm_reads = ops(clean_memcached_servers, 1)
@@ -765,6 +765,6 @@ def test_read_through_ttl_is_capped_by_warm_max_ttl(
         conn.close()
     assert client.get(key).value == b"no expiry on the warm server"
     cold = client.manager.get_all_shards()[1]
-    ttl = client._remaining_ttl(cold, key)
+    ttl = client.remaining_ttl(cold, key)
     assert ttl is not None
     assert 0 < ttl <= 60  # capped, not "forever" like the source

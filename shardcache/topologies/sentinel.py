@@ -158,10 +158,6 @@ class SentinelClient:
 
     # --- asking the sentinels ---------------------------------------------------------------
 
-    def ask_master(self, name: str) -> tuple[str, int]:
-        """The master of ``name``: `ask` without the epoch."""
-        return self.ask(name)[0]
-
     def ask(self, name: str) -> tuple[tuple[str, int], int]:
         """The master of ``name`` and its config epoch, from every sentinel that answers:
         the answer with the highest epoch wins, because right after a failover the sentinels

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from pymemcache.exceptions import (
@@ -97,9 +97,10 @@ class ShardedMemcacheClient:
 
     # --- plumbing -----------------------------------------------------------------------------
 
-    def _io(self, shard: ShardHandle, method: str, *args: Any, **kwargs: Any) -> Any:
-        """Call pymemcache's ``method`` on ``shard``; a shard that failed lately is not
-        dialled again before its retry timeout (its keys fail fast, never move)."""
+    def call(self, shard: ShardHandle, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Call pymemcache's ``method`` on ``shard`` under the health rules: a shard that
+        failed lately is not dialled again before its retry timeout (its keys fail fast,
+        never move), and a connection failure raises `ShardUnavailableError`."""
         if not shard.healthy:
             raise ShardUnavailableError(
                 f"Connection unavailable for memcache shard {shard.index}: marked down",
@@ -147,7 +148,7 @@ class ShardedMemcacheClient:
             try:
                 valid.append(validate_key(key))
             except ValueError as exc:
-                raw = key.encode() if isinstance(key, str) else bytes(key)
+                raw = _raw_key(key)
                 invalid[raw] = exc
         return valid, invalid
 
@@ -163,7 +164,7 @@ class ShardedMemcacheClient:
             return next(iter(self.get_multi([data]).values()))
         # The common case without the batch machinery: one ACTIVE shard, one key.
         try:
-            hit = self._io(shard, "get", data)
+            hit = self.call(shard, "get", data)
         except (MemcacheError, ShardUnavailableError) as exc:
             return GetResponse(data, _status_of(exc), error=exc)
         if hit is None:
@@ -220,12 +221,12 @@ class ShardedMemcacheClient:
         self, shard: ShardHandle, keys: list[bytes], with_cas: bool
     ) -> dict[bytes, GetResponse]:
         if with_cas:
-            raw = self._io(shard, "gets_many", keys)
+            raw = self.call(shard, "gets_many", keys)
             return {
                 k: GetResponse(k, Status.NO_ERROR, value[0], value[1], int(cas))
                 for k, (value, cas) in raw.items()
             }
-        raw = self._io(shard, "get_many", keys)
+        raw = self.call(shard, "get_many", keys)
         return {k: GetResponse(k, Status.NO_ERROR, v[0], v[1]) for k, (v) in raw.items()}
 
     def _read_through(
@@ -235,17 +236,17 @@ class ShardedMemcacheClient:
         the warm item's remaining TTL (``mg <key> t``), then returned."""
         found: dict[bytes, GetResponse] = {}
         for key in keys:
-            ttl = self._remaining_ttl(warm, key)
+            ttl = self.remaining_ttl(warm, key)
             if ttl is None:
                 continue  # not in the warm source either (or expired)
-            hit = self._io(warm, "get", key)
+            hit = self.call(warm, "get", key)
             if hit is None:
                 continue
             value, flags = hit
             expire = self.warm_exptime if ttl < 0 else ttl
             if self.warm_max_ttl is not None:
                 expire = min(expire or self.warm_max_ttl, self.warm_max_ttl)
-            self._io(cold, "add", key, value, expire, noreply=False, flags=flags)
+            self.call(cold, "add", key, value, expire, noreply=False, flags=flags)
             cold.count("backfills")
             warm.count("warm_hits")
             if with_cas:
@@ -256,9 +257,9 @@ class ShardedMemcacheClient:
             found[key] = GetResponse(key, Status.NO_ERROR, value, flags)
         return found
 
-    def _remaining_ttl(self, shard: ShardHandle, key: bytes) -> int | None:
+    def remaining_ttl(self, shard: ShardHandle, key: bytes) -> int | None:
         """Seconds left for ``key`` on ``shard`` (-1: never expires), None if absent."""
-        line = self._io(shard, "raw_command", b"mg " + key + b" t")
+        line = self.call(shard, "raw_command", b"mg " + key + b" t")
         if not line.startswith(b"HD"):
             return None
         for flag in line.split()[1:]:
@@ -292,7 +293,7 @@ class ShardedMemcacheClient:
         failed: dict[bytes, MutateResponse] = {}
         for (expiration, flags), values in by_options.items():
             try:
-                for key in self._io(
+                for key in self.call(
                     shard, "set_many", values, expiration, noreply=False, flags=flags
                 ):
                     key = key.encode() if isinstance(key, str) else key
@@ -346,7 +347,7 @@ class ShardedMemcacheClient:
             try:
                 keyed.append((position, validate_key(item.key), item))
             except ValueError as exc:
-                raw = item.key.encode() if isinstance(item.key, str) else bytes(item.key)
+                raw = _raw_key(item.key)
                 out[position] = MutateResponse(raw, Status.INVALID_ARGUMENTS, error=exc)
         groups: dict[ShardHandle | None, list[tuple[int, bytes, Item]]] = {}
         for entry in keyed:
@@ -382,10 +383,10 @@ class ShardedMemcacheClient:
     def _store(self, shard: ShardHandle, op: str, key: bytes, item: Item) -> MutateResponse:
         try:
             if op == "touch":
-                found = self._io(shard, "touch", key, item.expiration, noreply=False)
+                found = self.call(shard, "touch", key, item.expiration, noreply=False)
                 return MutateResponse(key, Status.NO_ERROR if found else Status.KEY_NOT_FOUND)
             if op in ("set", "cas") and item.cas:
-                stored = self._io(
+                stored = self.call(
                     shard, "cas", key, item.value, item.cas, item.expiration, False, item.flags
                 )
                 if stored is None:
@@ -393,9 +394,9 @@ class ShardedMemcacheClient:
                 return MutateResponse(key, Status.NO_ERROR if stored else Status.KEY_EXISTS)
             command = "add" if op == "cas" else op
             if command in ("append", "prepend"):
-                done = self._io(shard, command, key, item.value, noreply=False)
+                done = self.call(shard, command, key, item.value, noreply=False)
             else:
-                done = self._io(
+                done = self.call(
                     shard,
                     command,
                     key,
@@ -423,7 +424,7 @@ class ShardedMemcacheClient:
             try:
                 data = validate_key(key)
             except ValueError as exc:
-                raw = key.encode() if isinstance(key, str) else bytes(key)
+                raw = _raw_key(key)
                 out.append(MutateResponse(raw, Status.INVALID_ARGUMENTS, error=exc))
                 continue
             shard = self.manager.get_shard(data)
@@ -438,7 +439,7 @@ class ShardedMemcacheClient:
             response = MutateResponse(data)
             for target in targets:
                 try:
-                    existed = self._io(target, "delete", data, noreply=False)
+                    existed = self.call(target, "delete", data, noreply=False)
                 except (MemcacheError, ShardUnavailableError) as exc:
                     response = MutateResponse(data, _status_of(exc), error=exc)
                     break
@@ -466,7 +467,7 @@ class ShardedMemcacheClient:
         try:
             data = validate_key(key)
         except ValueError as exc:
-            raw = key.encode() if isinstance(key, str) else bytes(key)
+            raw = _raw_key(key)
             return CountResponse(raw, Status.INVALID_ARGUMENTS, error=exc)
         shard = self.manager.get_shard(data)
         if shard is None:
@@ -476,13 +477,13 @@ class ShardedMemcacheClient:
             return CountResponse(data)
         try:
             for _ in range(2):  # a creator racing us between the miss and our add: count again
-                value = self._io(shard, op, data, delta, noreply=False)
+                value = self.call(shard, op, data, delta, noreply=False)
                 if value is not None:
                     return CountResponse(data, count=int(value))
                 if expiration == NO_EXPIRATION_INCR:
                     return CountResponse(data, Status.KEY_NOT_FOUND)
                 initial = b"%d" % init_value
-                if self._io(shard, "add", data, initial, expiration, noreply=False):
+                if self.call(shard, "add", data, initial, expiration, noreply=False):
                     return CountResponse(data, count=init_value)
             return CountResponse(data, Status.ITEM_NOT_STORED)
         except (MemcacheError, ShardUnavailableError) as exc:
@@ -524,9 +525,18 @@ class ShardedMemcacheClient:
         done, errors = self._everyone("raw_command", b"verbosity %d" % level)
         return StatResponse({i: {"verbosity": _text(r)} for i, r in done.items()}, errors)
 
+    def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        """Run ``fn(*args)`` on the client's thread pool (batches of several shards)."""
+        return self._executor.submit(fn, *args)
+
     def close(self) -> None:
         self._executor.shutdown(wait=False)
         self.manager.close()
+
+
+def _raw_key(key: bytes | str) -> bytes:
+    """A key that failed validation, as bytes for its error response."""
+    return key.encode() if isinstance(key, str) else bytes(key)
 
 
 def _text(value: Any) -> str:

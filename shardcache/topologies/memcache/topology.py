@@ -162,7 +162,7 @@ class MemcacheShard:
         if shard is None or shard.state is not MemcachedState.ACTIVE:
             return -2
         try:
-            ttl = self.memcache._remaining_ttl(shard, key)
+            ttl = self.memcache.remaining_ttl(shard, key)
         except ShardUnavailableError as exc:
             raise ShardUnavailableError(str(exc), shard=self.id, key=key) from exc
         if ttl is None:
@@ -191,7 +191,7 @@ class MemcacheShard:
     def _cmd_flushdb(self) -> bytes:
         shard = self.memcache.manager.get_all_shards()[self.index]
         try:
-            self.memcache._io(shard, "flush_all", 0, noreply=False)
+            self.memcache.call(shard, "flush_all", 0, noreply=False)
         except ShardUnavailableError as exc:
             raise ShardUnavailableError(str(exc), shard=self.id) from exc
         return b"OK"
@@ -207,7 +207,7 @@ class _Running:
     """A batch for one memcached, started on the client's thread pool when begun."""
 
     def __init__(self, shard: MemcacheShard, commands: Sequence[Sequence[Any]]) -> None:
-        self.future = shard.memcache._executor.submit(self._run_all, shard, commands)
+        self.future = shard.memcache.submit(self._run_all, shard, commands)
 
     @staticmethod
     def _run_all(shard: MemcacheShard, commands: Sequence[Sequence[Any]]) -> list[Any]:
