@@ -1,11 +1,11 @@
-"""``python -m bench [cache|cluster|sentinel|memcache|django|startup]`` (cache by default);
+"""``python -m bench [cache|cluster|sentinel|memcache|django|async|startup]`` (cache by default);
 ``--help`` for options."""
 
 from __future__ import annotations
 
 import sys
 
-from bench import cache, cluster, django_caches, memcache, sentinel, startup
+from bench import async_caches, cache, cluster, django_caches, memcache, sentinel, startup
 
 BENCHMARKS = {
     "cache": cache.main,
@@ -13,6 +13,7 @@ BENCHMARKS = {
     "sentinel": sentinel.main,
     "memcache": memcache.main,
     "django": django_caches.main,
+    "async": async_caches.main,
     "startup": startup.main,
 }
 

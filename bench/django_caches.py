@@ -25,7 +25,7 @@ from shardcache.testing import MemcachedServers, StandaloneRedis
 VALUE = "v" * 64
 
 
-def _configure(redis_urls: list[str], memcached: list[str]) -> None:
+def configure(redis_urls: list[str], memcached: list[str]) -> None:
     caches: dict[str, dict[str, Any]] = {
         "ours": {
             "BACKEND": "shardcache_django.cache.ShardedRedisCache",
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     args = slice_options("django", __doc__, argv, seconds=0.3, rounds=4)
 
     with StandaloneRedis(3) as pool, MemcachedServers(3) as memcached:
-        _configure(pool.urls, memcached.addresses)
+        configure(pool.urls, memcached.addresses)
         from django.core.cache import caches
 
         sides = {name: workload(caches[name]) for name in settings.CACHES}

@@ -11,12 +11,13 @@ import contextlib
 import hashlib
 import logging
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Generator, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import redis.lock
 from redis.exceptions import NoScriptError
 
+from shardcache import aio
 from shardcache.codec import MISSING, Codec
 from shardcache.compressors import COMPRESSORS, Compressor
 from shardcache.config import resolve_strategy
@@ -39,6 +40,9 @@ logger = logging.getLogger("shardcache")
 
 T = TypeVar("T")
 Key = str | bytes
+# An operation's steps: it yields what to send where, and is sent back each result.
+Steps = Generator[tuple[Any, ...], Any, T]
+_EXEC, _PIPE, _FAN = "exec", "pipe", "fan"
 KeyT = TypeVar("KeyT", bound=str | bytes)
 
 # INCRBY only if the key exists, in one atomic step (INCRBY alone would create it at 0).
@@ -128,13 +132,60 @@ class Cache:
         logger.warning("shardcache: %s; ignored (ignore_errors=True)", exc)
         return fallback
 
-    def _run(self, key: bytes, fallback: Any, *args: Any, read: bool = False) -> Any:
+    # --- the drivers ------------------------------------------------------------------------
+    #
+    # Each operation is written once, as a generator of steps (`_EXEC`: one command on a
+    # shard; `_PIPE`: a batch on a shard; `_FAN`: batches on many shards at once) that gets
+    # each step's result sent back, or its `ShardError` thrown in. `_sync` runs the steps on
+    # the shards' sockets; `_async` on their asyncio connections (`shardcache.aio`).
+
+    def _sync(self, steps: Steps[T]) -> T:
+        send, throw = steps.send, steps.throw
+        try:
+            step = next(steps)
+            while True:
+                try:
+                    kind = step[0]
+                    if kind is _EXEC:
+                        result = step[1].execute(*step[2], key=step[3], idempotent=step[4])
+                    elif kind is _FAN:
+                        result = self._fan_out(step[1])
+                    else:
+                        result = step[1].pipeline(step[2])
+                except ShardError as exc:
+                    step = throw(exc)
+                else:
+                    step = send(result)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
+    async def _async(self, steps: Steps[T]) -> T:
+        send, throw = steps.send, steps.throw
+        try:
+            step = next(steps)
+            while True:
+                try:
+                    kind = step[0]
+                    if kind is _EXEC:
+                        result = await aio.execute(step[1], step[2], step[3], step[4])
+                    elif kind is _FAN:
+                        result = await aio.fan_out(step[1])
+                    else:
+                        result = await aio.pipeline(step[1], step[2])
+                except ShardError as exc:
+                    step = throw(exc)
+                else:
+                    step = send(result)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
+    def _run(self, key: bytes, fallback: Any, *args: Any, read: bool = False) -> Steps[Any]:
         """One command on the shard of ``key``, under the failure policy. ``read`` commands
         are idempotent (retried once on a dead pooled connection) and may go to a replica
         when the topology is configured for replica reads."""
         try:
             shard = self.topology.shard_for(key, read=read)
-            return shard.execute(*args, key=key, idempotent=read)
+            return (yield (_EXEC, shard, args, key, read))
         except ShardUnavailableError as exc:
             return self._unavailable(exc, fallback)
 
@@ -176,56 +227,102 @@ class Cache:
 
     def get(self, key: Key, default: Any = None) -> Any:
         """The value of ``key``, or ``default`` when it is missing or unreadable."""
+        return self._sync(self._get(key, default))
+
+    async def aget(self, key: Key, default: Any = None) -> Any:
+        return await self._async(self._get(key, default))
+
+    def _get(self, key: Key, default: Any) -> Steps[Any]:
         k = self.make_key(key)
-        raw = self._run(k, None, b"GET", k, read=True)
+        raw = yield from self._run(k, None, b"GET", k, read=True)
         return default if raw is None else self._decode(raw, k, default)
 
     def set(self, key: Key, value: Any, ttl: float | None = None) -> bool:
         """Store ``value`` under ``key``; True when stored."""
+        return self._sync(self._set(key, value, ttl))
+
+    async def aset(self, key: Key, value: Any, ttl: float | None = None) -> bool:
+        return await self._async(self._set(key, value, ttl))
+
+    def _set(self, key: Key, value: Any, ttl: float | None) -> Steps[bool]:
         k = self.make_key(key)
         if ttl is not None and ttl <= 0:
-            self._run(k, 0, b"DEL", k)
+            yield from self._run(k, 0, b"DEL", k)
             return True
         data = self.codec.encode(value, k)
         if ttl is None:
-            return self._run(k, None, b"SET", k, data) is not None
-        return self._run(k, None, b"SET", k, data, b"PX", self._px(ttl)) is not None
+            return (yield from self._run(k, None, b"SET", k, data)) is not None
+        return (yield from self._run(k, None, b"SET", k, data, b"PX", self._px(ttl))) is not None
 
     def add(self, key: Key, value: Any, ttl: float | None = None) -> bool:
         """Store ``value`` only if ``key`` is absent (atomic: usable as a lock); True if stored."""
+        return self._sync(self._add(key, value, ttl))
+
+    async def aadd(self, key: Key, value: Any, ttl: float | None = None) -> bool:
+        return await self._async(self._add(key, value, ttl))
+
+    def _add(self, key: Key, value: Any, ttl: float | None) -> Steps[bool]:
         k = self.make_key(key)
         data = self.codec.encode(value, k)
         if ttl is None:
-            return self._run(k, None, b"SET", k, data, b"NX") is not None
+            return (yield from self._run(k, None, b"SET", k, data, b"NX")) is not None
         if ttl <= 0:  # as Django: report whether it would have been added, keep nothing
-            added = self._run(k, None, b"SET", k, data, b"NX") is not None
+            added = (yield from self._run(k, None, b"SET", k, data, b"NX")) is not None
             if added:
-                self._run(k, 0, b"DEL", k)
+                yield from self._run(k, 0, b"DEL", k)
             return added
-        return self._run(k, None, b"SET", k, data, b"NX", b"PX", self._px(ttl)) is not None
+        px = self._px(ttl)
+        return (yield from self._run(k, None, b"SET", k, data, b"NX", b"PX", px)) is not None
 
     def delete(self, key: Key) -> bool:
         """Remove ``key``; True if it existed."""
+        return self._sync(self._delete(key))
+
+    async def adelete(self, key: Key) -> bool:
+        return await self._async(self._delete(key))
+
+    def _delete(self, key: Key) -> Steps[bool]:
         k = self.make_key(key)
-        return bool(self._run(k, 0, b"DEL", k))
+        return bool((yield from self._run(k, 0, b"DEL", k)))
 
     def has(self, key: Key) -> bool:
+        """Whether ``key`` exists."""
+        return self._sync(self._has(key))
+
+    async def ahas(self, key: Key) -> bool:
+        return await self._async(self._has(key))
+
+    def _has(self, key: Key) -> Steps[bool]:
         k = self.make_key(key)
-        return bool(self._run(k, 0, b"EXISTS", k, read=True))
+        return bool((yield from self._run(k, 0, b"EXISTS", k, read=True)))
 
     def incr(self, key: Key, delta: int = 1) -> int:
         """Add ``delta`` to the integer under ``key`` atomically on the server and return the
         new value. `MissingKeyError` (a ValueError) when the key does not exist;
         `NotAnIntegerError` (a TypeError) when its value is not an integer."""
+        return self._sync(self._incr(key, delta))
+
+    async def aincr(self, key: Key, delta: int = 1) -> int:
+        return await self._async(self._incr(key, delta))
+
+    def decr(self, key: Key, delta: int = 1) -> int:
+        """`incr` by ``-delta``."""
+        return self._sync(self._incr(key, -delta))
+
+    async def adecr(self, key: Key, delta: int = 1) -> int:
+        return await self._async(self._incr(key, -delta))
+
+    def _incr(self, key: Key, delta: int) -> Steps[int]:
         k = self.make_key(key)
         shard = self.topology.shard_for(k)
+        result: Any
         try:
             try:
-                result = shard.execute(b"EVALSHA", _INCR_SHA, 1, k, delta, key=k)
+                result = yield (_EXEC, shard, (b"EVALSHA", _INCR_SHA, 1, k, delta), k, False)
             except CommandError as exc:
                 if not isinstance(exc.reply, NoScriptError):
                     raise
-                result = shard.execute(b"EVAL", _INCR_EXISTING, 1, k, delta, key=k)
+                result = yield (_EXEC, shard, (b"EVAL", _INCR_EXISTING, 1, k, delta), k, False)
         except CommandError as exc:
             if "not an integer" in str(exc):
                 raise NotAnIntegerError(f"{key!r} does not hold an integer: {exc}") from exc
@@ -237,18 +334,20 @@ class Cache:
             raise MissingKeyError(f"key {key!r} not found")
         return int(result)
 
-    def decr(self, key: Key, delta: int = 1) -> int:
-        """`incr` by ``-delta``."""
-        return self.incr(key, -delta)
-
     def touch(self, key: Key, ttl: float | None = None) -> bool:
         """Give ``key`` a new time to live (``None``: no expiry); True if the key exists."""
+        return self._sync(self._touch(key, ttl))
+
+    async def atouch(self, key: Key, ttl: float | None = None) -> bool:
+        return await self._async(self._touch(key, ttl))
+
+    def _touch(self, key: Key, ttl: float | None) -> Steps[bool]:
         k = self.make_key(key)
         if ttl is not None and ttl <= 0:
-            return bool(self._run(k, 0, b"DEL", k))
+            return bool((yield from self._run(k, 0, b"DEL", k)))
         if ttl is None:
-            return self.persist(key)
-        return bool(self._run(k, 0, b"PEXPIRE", k, self._px(ttl)))
+            return (yield from self._persist(key))
+        return bool((yield from self._run(k, 0, b"PEXPIRE", k, self._px(ttl))))
 
     def expire(self, key: Key, ttl: float | None) -> bool:
         """`touch`, under django-redis's name."""
@@ -256,17 +355,30 @@ class Cache:
 
     def persist(self, key: Key) -> bool:
         """Remove ``key``'s expiry; True if the key exists."""
+        return self._sync(self._persist(key))
+
+    async def apersist(self, key: Key) -> bool:
+        return await self._async(self._persist(key))
+
+    def _persist(self, key: Key) -> Steps[bool]:
         k = self.make_key(key)
         try:
-            _, exists = self.topology.shard_for(k).pipeline([(b"PERSIST", k), (b"EXISTS", k)])
+            shard = self.topology.shard_for(k)
+            _, exists = yield (_PIPE, shard, [(b"PERSIST", k), (b"EXISTS", k)])
         except ShardUnavailableError as exc:
             return self._unavailable(exc, False)
         return bool(exists)
 
     def ttl(self, key: Key) -> float | None:
         """Seconds left before ``key`` expires; ``None`` if it never does; 0.0 if it is missing."""
+        return self._sync(self._ttl(key))
+
+    async def attl(self, key: Key) -> float | None:
+        return await self._async(self._ttl(key))
+
+    def _ttl(self, key: Key) -> Steps[float | None]:
         k = self.make_key(key)
-        ms = self._run(k, -2, b"PTTL", k, read=True)
+        ms = yield from self._run(k, -2, b"PTTL", k, read=True)
         if ms == -1:
             return None
         return max(0.0, float(ms) / 1000)
@@ -302,13 +414,20 @@ class Cache:
 
     def get_many(self, keys: Iterable[KeyT]) -> dict[KeyT, Any]:
         """The values of the ``keys`` that exist, in the caller's order: one MGET per shard."""
+        return self._sync(self._get_many(keys))
+
+    async def aget_many(self, keys: Iterable[KeyT]) -> dict[KeyT, Any]:
+        return await self._async(self._get_many(keys))
+
+    def _get_many(self, keys: Iterable[KeyT]) -> Steps[dict[KeyT, Any]]:
         originals, made = self._keys(keys)
         if not made:
             return {}
         groups = self.topology.group(made, read=True)
         commands = {shard: [(b"MGET", *run) for run in runs] for shard, runs in groups.items()}
         found: dict[bytes, bytes] = {}
-        for shard, replies in self._fan_out(commands).items():
+        outcome: dict[Shard, list[Any] | ShardUnavailableError] = yield (_FAN, commands)
+        for shard, replies in outcome.items():
             if isinstance(replies, ShardUnavailableError):
                 self._unavailable(replies, None)
                 continue
@@ -325,11 +444,17 @@ class Cache:
 
     def set_many(self, mapping: Mapping[KeyT, Any], ttl: float | None = None) -> list[KeyT]:
         """Store every item (one pipeline of SET per shard); return the keys that failed."""
+        return self._sync(self._set_many(mapping, ttl))
+
+    async def aset_many(self, mapping: Mapping[KeyT, Any], ttl: float | None = None) -> list[KeyT]:
+        return await self._async(self._set_many(mapping, ttl))
+
+    def _set_many(self, mapping: Mapping[KeyT, Any], ttl: float | None) -> Steps[list[KeyT]]:
         originals, made = self._keys(mapping)
         if not made:
             return []
         if ttl is not None and ttl <= 0:
-            self.delete_many(originals)
+            yield from self._delete_many(originals)
             return []
         original_of = dict(zip(made, originals, strict=True))
         encode = self.codec.encode
@@ -348,7 +473,8 @@ class Cache:
                 for shard, runs in groups.items()
             }
         failed: list[KeyT] = []
-        for shard, replies in self._fan_out(commands).items():
+        outcome: dict[Shard, list[Any] | ShardUnavailableError] = yield (_FAN, commands)
+        for shard, replies in outcome.items():
             keys = [k for run in groups[shard] for k in run]
             if isinstance(replies, ShardUnavailableError):
                 self._unavailable(replies, None)
@@ -359,13 +485,20 @@ class Cache:
 
     def delete_many(self, keys: Iterable[Key]) -> int:
         """Remove the ``keys``; return how many existed. One DEL per shard (per slot)."""
+        return self._sync(self._delete_many(keys))
+
+    async def adelete_many(self, keys: Iterable[Key]) -> int:
+        return await self._async(self._delete_many(keys))
+
+    def _delete_many(self, keys: Iterable[Key]) -> Steps[int]:
         _, made = self._keys(keys)
         if not made:
             return 0
         groups = self.topology.group(made)
         commands = {shard: [(b"DEL", *run) for run in runs] for shard, runs in groups.items()}
         deleted = 0
-        for replies in self._fan_out(commands).values():
+        outcome: dict[Shard, list[Any] | ShardUnavailableError] = yield (_FAN, commands)
+        for replies in outcome.values():
             if isinstance(replies, ShardUnavailableError):
                 self._unavailable(replies, None)
                 continue
@@ -381,6 +514,12 @@ class Cache:
         """Delete every key under the prefix on every shard (SCAN + UNLINK in batches) and
         return how many. Without a prefix this would empty whole databases, so it is
         refused unless ``flush=True``, which runs FLUSHDB on every shard (returns 0)."""
+        return self._sync(self._clear(flush))
+
+    async def aclear(self, *, flush: bool = False) -> int:
+        return await self._async(self._clear(flush))
+
+    def _clear(self, flush: bool) -> Steps[int]:
         if not self.prefix:
             if not flush:
                 raise ConfigurationError(
@@ -389,21 +528,24 @@ class Cache:
                 )
             for shard in self.topology.shards():
                 try:
-                    shard.execute(b"FLUSHDB")
+                    yield (_EXEC, shard, (b"FLUSHDB",), None, False)
                 except ShardUnavailableError as exc:
                     self._unavailable(exc, None)
             return 0
         pattern = _glob_escape(self.prefix) + b"*"
         removed = 0
         for shard in self.topology.shards():
+            cursor: Any = b"0"
             try:
-                batch: list[bytes] = []
-                for key in shard.scan(pattern, _SCAN_BATCH):
-                    batch.append(key)
-                    if len(batch) == _SCAN_BATCH:
-                        removed += _unlink(shard, batch)
-                        batch = []
-                removed += _unlink(shard, batch)
+                while True:
+                    scan = (b"SCAN", cursor, b"MATCH", pattern, b"COUNT", _SCAN_BATCH)
+                    cursor, keys = yield (_EXEC, shard, scan, None, True)
+                    if keys:
+                        # One UNLINK per key: valid on a cluster too, where keys span slots.
+                        replies = yield (_PIPE, shard, [(b"UNLINK", k) for k in keys])
+                        removed += sum(r for r in replies if isinstance(r, int))
+                    if cursor in (b"0", 0):
+                        break
             except ShardUnavailableError as exc:
                 self._unavailable(exc, None)
         return removed
@@ -421,10 +563,3 @@ def _glob_escape(text: bytes) -> bytes:
             out.append(0x5C)  # backslash
         out.append(byte)
     return bytes(out)
-
-
-def _unlink(shard: Shard, keys: list[bytes]) -> int:
-    # One UNLINK per key in one pipeline: valid on a cluster too, where keys span slots.
-    if not keys:
-        return 0
-    return sum(r for r in shard.pipeline([(b"UNLINK", k) for k in keys]) if isinstance(r, int))

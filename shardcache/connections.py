@@ -10,11 +10,14 @@ through a full ``redis.Redis`` client built from the same settings (`RedisShard.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import threading
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 from redis.connection import AbstractConnection
@@ -22,7 +25,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from shardcache.errors import CommandError, ShardUnavailableError
+from shardcache.errors import CommandError, ShardError, ShardUnavailableError
+
+if TYPE_CHECKING:
+    from shardcache.aio import AsyncConnectionPool
 
 __all__ = ["READ_COMMANDS", "Batch", "ConnectionPool", "RecoveringBatch", "RedisShard"]
 
@@ -41,6 +47,13 @@ try:
     from redis._parsers.hiredis import NOT_ENOUGH_DATA as _NOT_ENOUGH_DATA
 except ImportError:  # pragma: no cover - hiredis is optional; redis-py may move its marker
     _hiredis_pack = _HiredisReader = _NOT_ENOUGH_DATA = None
+
+
+def send_readonly(conn: AbstractConnection) -> None:
+    """Say READONLY right after the handshake (connections to a cluster replica)."""
+    conn.on_connect()
+    conn.send_command("READONLY")
+    conn.read_response()
 
 
 def _pack(conn: AbstractConnection, args: Sequence[Any]) -> Any:
@@ -238,28 +251,40 @@ class Batch:
 class RecoveringBatch:
     """A batch on a shard whose topology can repair failures: a whole-batch failure goes to
     `recover` (by default: raise it), the replies of a successful one through `repair` (by
-    default: as they are). Cluster and sentinel batches override one or both."""
+    default: as they are). Cluster and sentinel batches override one or both. Given an
+    ``outcome`` (replies, or the failure, of a batch sent some other way, e.g. on asyncio)
+    it sends nothing and only `settle` is of use."""
 
-    def __init__(self, shard: RedisShard, commands: Sequence[Sequence[Any]]) -> None:
+    def __init__(
+        self,
+        shard: RedisShard,
+        commands: Sequence[Sequence[Any]],
+        *,
+        outcome: list[Any] | ShardUnavailableError | None = None,
+    ) -> None:
         self.commands = commands
         self._pending: Batch | None = None
-        self._failure: ShardUnavailableError | None = None
-        try:
-            self._pending = shard.begin(commands)
-        except ShardUnavailableError as exc:
-            self._failure = exc
+        self._outcome = outcome
+        if outcome is None:
+            try:
+                self._pending = shard.begin(commands)
+            except ShardUnavailableError as exc:
+                self._outcome = exc
 
     def finish(self) -> list[Any]:
-        failure = self._failure
+        outcome = self._outcome
         if self._pending is not None:
             try:
-                replies = self._pending.finish()
+                outcome = self._pending.finish()
             except ShardUnavailableError as exc:
-                failure = exc
-            else:
-                return self.repair(replies)
-        assert failure is not None
-        return self.recover(failure)
+                outcome = exc
+        assert outcome is not None
+        return self.settle(outcome)
+
+    def settle(self, outcome: list[Any] | ShardUnavailableError) -> list[Any]:
+        if isinstance(outcome, ShardUnavailableError):
+            return self.recover(outcome)
+        return self.repair(outcome)
 
     @property
     def only_reads(self) -> bool:
@@ -283,9 +308,13 @@ class RedisShard:
         max_connections: int = 64,
         pool_timeout: float = 5.0,
         factory: Callable[[], AbstractConnection] | None = None,
+        readonly: bool = False,
     ) -> None:
         self.id = shard_id
         kwargs = dict(connection_kwargs)
+        if readonly:
+            kwargs["redis_connect_func"] = send_readonly
+        self.readonly = readonly
         connection_class = kwargs.pop("connection_class", redis.Connection)
         self._connection_class = connection_class
         self._kwargs = kwargs
@@ -296,8 +325,13 @@ class RedisShard:
             timeout=pool_timeout,
             name=shard_id,
         )
+        self._pool_timeout = pool_timeout
+        self._custom_factory = factory is not None
         self._client: redis.Redis | None = None
         self._client_lock = threading.Lock()
+        self._async_pools: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, AsyncConnectionPool
+        ] = weakref.WeakKeyDictionary()
 
     def __repr__(self) -> str:
         return f"<RedisShard {self.id}>"
@@ -362,6 +396,57 @@ class RedisShard:
             if cursor in (b"0", 0):
                 return
 
+    # --- asyncio (see `shardcache.aio`) -----------------------------------------------------
+
+    def leaf(self) -> RedisShard:
+        """The server commands for this shard go to now: itself."""
+        return self
+
+    def async_pool(self) -> AsyncConnectionPool | None:
+        """This server's asyncio connections for the running event loop (one pool per loop:
+        an asyncio connection belongs to the loop that opened it). None when connections
+        come from a user's factory, which has no asyncio twin."""
+        loop = asyncio.get_running_loop()
+        pool = self._async_pools.get(loop)
+        if pool is None and not self._custom_factory and not self.pool.closed:
+            from shardcache.aio import AsyncConnectionPool, async_factory
+
+            factory = async_factory(self._connection_class, self._kwargs, readonly=self.readonly)
+            if factory is None:
+                return None
+            pool = self._async_pools[loop] = AsyncConnectionPool(
+                factory,
+                max_connections=self._max_connections,
+                timeout=self._pool_timeout,
+                read_timeout=self._kwargs.get("socket_timeout"),
+                name=self.id,
+            )
+        return pool
+
+    def recoverable(self, error: ShardError) -> bool:
+        """Whether `recover` could do more with ``error`` than raise it: a lone server cannot."""
+        return False
+
+    def recover(
+        self,
+        args: Sequence[Any],
+        key: bytes | None,
+        idempotent: bool,
+        error: ShardError,
+        leaf: RedisShard,
+    ) -> Any:
+        raise error
+
+    def settle(
+        self,
+        commands: Sequence[Sequence[Any]],
+        leaf: RedisShard,
+        outcome: list[Any] | ShardUnavailableError,
+    ) -> list[Any]:
+        if isinstance(outcome, ShardUnavailableError):
+            raise outcome
+        return outcome
+
     def client(self) -> redis.Redis:
         """A full redis-py client on this server (same settings), for locks and admin."""
         with self._client_lock:
@@ -376,6 +461,11 @@ class RedisShard:
 
     def close(self) -> None:
         self.pool.close()
+        for loop, pool in list(self._async_pools.items()):
+            # An asyncio transport is closed from its own loop's thread.
+            with contextlib.suppress(RuntimeError):  # that loop is closed: nothing is open
+                loop.call_soon_threadsafe(pool.close)
+        self._async_pools.clear()
         with self._client_lock:
             if self._client is not None:
                 self._client.close()

@@ -112,13 +112,75 @@ class _ShardcacheCache(BaseCache):
     def clear(self) -> None:
         """With a KEY_PREFIX and the default KEY_FUNCTION, only this prefix's keys go; else
         every database of the cache is emptied, as Django's RedisCache does."""
-        if self.key_prefix and self.key_func is default_key_func and self.kind != "memcache":
+        if self._clears_by_prefix():
             Cache(self.core.topology, prefix=f"{self.key_prefix}:").clear()
         else:
             self.core.clear(flush=True)
 
+    def _clears_by_prefix(self) -> bool:
+        return (
+            bool(self.key_prefix) and self.key_func is default_key_func and self.kind != "memcache"
+        )
+
     def close(self, **kwargs: Any) -> None:
         # Django calls this at the end of every request; the pools are meant to outlive it.
+        pass
+
+    # --- the async API: natively on asyncio (redis-py's asyncio connections), except on
+    # memcache, whose client has none: there the core runs each command in a thread ---------
+
+    async def aadd(
+        self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: Any = None
+    ) -> bool:
+        made = self.make_and_validate_key(key, version)
+        return await self.core.aadd(made, value, self._ttl(timeout))
+
+    async def aget(self, key: Any, default: Any = None, version: Any = None) -> Any:
+        return await self.core.aget(self.make_and_validate_key(key, version), default)
+
+    async def aset(
+        self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: Any = None
+    ) -> None:
+        await self.core.aset(self.make_and_validate_key(key, version), value, self._ttl(timeout))
+
+    async def atouch(self, key: Any, timeout: Any = DEFAULT_TIMEOUT, version: Any = None) -> bool:
+        return await self.core.atouch(self.make_and_validate_key(key, version), self._ttl(timeout))
+
+    async def adelete(self, key: Any, version: Any = None) -> bool:
+        return await self.core.adelete(self.make_and_validate_key(key, version))
+
+    async def aget_many(self, keys: Iterable[Any], version: Any = None) -> dict[Any, Any]:
+        made = {self.make_and_validate_key(key, version): key for key in keys}
+        return {made[k]: value for k, value in (await self.core.aget_many(list(made))).items()}
+
+    async def ahas_key(self, key: Any, version: Any = None) -> bool:
+        return await self.core.ahas(self.make_and_validate_key(key, version))
+
+    async def aincr(self, key: Any, delta: int = 1, version: Any = None) -> int:
+        return await self.core.aincr(self.make_and_validate_key(key, version), delta)
+
+    async def adecr(self, key: Any, delta: int = 1, version: Any = None) -> int:
+        return await self.core.aincr(self.make_and_validate_key(key, version), -delta)
+
+    async def aset_many(
+        self, data: dict[Any, Any], timeout: Any = DEFAULT_TIMEOUT, version: Any = None
+    ) -> list[Any]:
+        made = {self.make_and_validate_key(key, version): key for key in data}
+        mapping = {k: data[o] for k, o in made.items()}
+        return [made[k] for k in await self.core.aset_many(mapping, self._ttl(timeout))]
+
+    async def adelete_many(self, keys: Iterable[Any], version: Any = None) -> None:
+        made = [self.make_and_validate_key(key, version) for key in keys]
+        if made:
+            await self.core.adelete_many(made)
+
+    async def aclear(self) -> None:
+        if self._clears_by_prefix():
+            await Cache(self.core.topology, prefix=f"{self.key_prefix}:").aclear()
+        else:
+            await self.core.aclear(flush=True)
+
+    async def aclose(self, **kwargs: Any) -> None:
         pass
 
     # --- what django-redis users rely on -----------------------------------------------------

@@ -7,6 +7,9 @@ A concrete test class subclasses `CacheContract` and provides two fixtures: ``ca
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -264,3 +267,107 @@ class CacheContract:
         assert cache.get("bad", "default") == "default"
         assert cache.get_many(["bad", "text"]) == {}
         assert "unreadable value" in caplog.text
+
+    # --- the asyncio API (the same steps, on asyncio connections) ----------------------------
+
+    native_async = True  # False where the topology's client has no asyncio (memcache)
+
+    def test_async_api_matches_the_sync_one(self, cache: Cache) -> None:
+        async def scenario() -> None:
+            for value in VALUES:
+                assert await cache.aset("k", value) is True
+                assert await cache.aget("k") == value
+            assert await cache.aget("missing", "fallback") == "fallback"
+            assert await cache.aadd("k", "other") is False
+            assert await cache.aadd("fresh", 1, ttl=60) is True
+            assert await cache.ahas("fresh") is True
+            assert await cache.aincr("fresh", 9) == 10
+            assert await cache.adecr("fresh", 3) == 7
+            with pytest.raises(MissingKeyError):
+                await cache.aincr("nothing")
+            await cache.aset("text", "not a number")
+            with pytest.raises(NotAnIntegerError):
+                await cache.aincr("text")
+            assert await cache.atouch("fresh", 100) is True
+            ttl = await cache.attl("fresh")
+            assert ttl is not None
+            assert 90 < ttl <= 100
+            assert await cache.apersist("fresh") is True
+            assert await cache.attl("fresh") is None
+            assert await cache.atouch("nothing", 10) is False
+            items = {f"many{i}": i for i in range(60)}
+            assert await cache.aset_many(items, ttl=60) == []
+            wanted = [*items, "absent"]
+            assert await cache.aget_many(iter(wanted)) == items
+            assert await cache.adelete_many([*items, "absent"]) == len(items)
+            assert await cache.aget_many(items) == {}
+            assert await cache.adelete("fresh") is True
+            assert await cache.adelete("fresh") is False
+
+        asyncio.run(scenario())
+        assert cache.get("k") == VALUES[-1]  # what async wrote, sync reads
+
+    def test_async_clear(self, cache: Cache) -> None:
+        cache.set_many({f"c{i}": i for i in range(30)})
+        if not self.clear_by_prefix:
+            with pytest.raises(ConfigurationError):
+                asyncio.run(cache.aclear())
+            return
+        assert asyncio.run(cache.aclear()) == 30
+        assert cache.get_many([f"c{i}" for i in range(30)]) == {}
+
+    def test_async_calls_use_no_threads(self, cache: Cache) -> None:
+        if not self.native_async:
+            pytest.skip("this topology's client has no asyncio: calls run in threads")
+
+        class NoThreads(concurrent.futures.ThreadPoolExecutor):
+            def submit(self, *args: Any, **kwargs: Any) -> Any:
+                raise AssertionError("an async call went to a thread")
+
+        async def scenario() -> None:
+            asyncio.get_running_loop().set_default_executor(NoThreads())
+            await cache.aset_many({f"n{i}": i for i in range(40)})
+            assert await cache.aget_many([f"n{i}" for i in range(40)]) == {
+                f"n{i}": i for i in range(40)
+            }
+            assert await cache.aincr("n1") == 2
+            await cache.aset("x", "y", ttl=10)
+            assert await cache.aget("x") == "y"
+
+        asyncio.run(scenario())
+
+    def test_async_concurrent_tasks_share_the_pools(self, cache: Cache) -> None:
+        cache.set("counter", 0)
+
+        async def scenario() -> None:
+            await asyncio.gather(*(cache.aincr("counter") for _ in range(200)))
+            got = await asyncio.gather(*(cache.aget_many(["counter", "absent"]) for _ in range(20)))
+            assert all(found == {"counter": 200} for found in got)
+
+        asyncio.run(scenario())
+        assert cache.get("counter") == 200
+
+    def test_async_cancelled_calls_leave_no_reply_behind(self, cache: Cache) -> None:
+        keys = [f"c{i}" for i in range(300)]
+        cache.set_many({key: key for key in keys})
+
+        async def scenario() -> None:
+            for _ in range(30):
+                # Cancel batches mid-flight: their connections must not be reused with
+                # replies still unread, or later calls would read someone else's answer.
+                task = asyncio.ensure_future(cache.aget_many(keys))
+                await asyncio.sleep(0)
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                assert await cache.aget("c7") == "c7"
+                assert await cache.aget_many(keys[:50]) == {key: key for key in keys[:50]}
+
+        asyncio.run(scenario())
+
+    def test_async_works_from_several_event_loops(self, cache: Cache) -> None:
+        # Django's async_to_sync and asyncio.run each make their own loop; an asyncio
+        # connection belongs to one loop, so each loop gets its own pool.
+        for round_ in range(3):
+            asyncio.run(cache.aset("loop", round_))
+            assert asyncio.run(cache.aget("loop")) == round_

@@ -522,6 +522,7 @@ class MemcacheRaw:
 class TestMemcacheCache(CacheContract):
     clear_by_prefix = False  # memcached cannot list keys
     locks = False
+    native_async = False  # pymemcache has no asyncio client
 
     @pytest.fixture
     def client(self, clean_memcached_servers: MemcachedServers) -> Iterator[ShardedMemcacheClient]:

@@ -53,13 +53,6 @@ _SPLITTABLE: dict[bytes, tuple[bytes, Callable[[list[Any]], Any]]] = {
 }
 
 
-def _send_readonly(conn: AbstractConnection) -> None:
-    # Replica connections say READONLY once, right after the handshake.
-    conn.on_connect()
-    conn.send_command("READONLY")
-    conn.read_response()
-
-
 @dataclass(frozen=True)
 class _SlotMap:
     """Who serves each slot: a master and its replicas (``host:port`` names)."""
@@ -143,13 +136,12 @@ class Cluster:
             if found is None:
                 host, _, port = address.rpartition(":")
                 kwargs = {**self._template, "host": host, "port": int(port)}
-                if readonly:
-                    kwargs["redis_connect_func"] = _send_readonly
                 shard = RedisShard(
                     address,
                     kwargs,
                     max_connections=self._max_connections,
                     pool_timeout=self._pool_timeout,
+                    readonly=readonly,
                 )
                 found = self._nodes[(address, readonly)] = ClusterNode(self, shard)
             return found
@@ -437,6 +429,37 @@ class ClusterNode:
     def begin(self, commands: Sequence[Sequence[Any]]) -> _ClusterBatch:
         return _ClusterBatch(self, commands)
 
+    # What `shardcache.aio` needs: the asyncio path sends to `leaf`, and hands a redirect or
+    # an unreachable node to this node's sync repairs (in a worker thread).
+
+    def leaf(self) -> RedisShard:
+        return self.shard
+
+    def recoverable(self, error: ShardError) -> bool:
+        return isinstance(error, ShardUnavailableError) or self.cluster.policy.follows(error)
+
+    def recover(
+        self,
+        args: Sequence[Any],
+        key: bytes | None,
+        idempotent: bool,
+        error: ShardError,
+        leaf: RedisShard,
+    ) -> Any:
+        if key is None:
+            raise error  # a command for this very node: nowhere else to send it
+        return self.cluster.execute(
+            *args, key=key, idempotent=idempotent, node=self, first_error=error
+        )
+
+    def settle(
+        self,
+        commands: Sequence[Sequence[Any]],
+        leaf: RedisShard,
+        outcome: list[Any] | ShardUnavailableError,
+    ) -> list[Any]:
+        return _ClusterBatch(self, commands, outcome=outcome).settle(outcome)
+
     def pipeline(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
         return self.begin(commands).finish()
 
@@ -454,9 +477,15 @@ class _ClusterBatch(RecoveringBatch):
     """A batch on one node whose redirected replies are retried one by one, so that a
     slot moving mid-batch costs a few extra round trips, not an error."""
 
-    def __init__(self, node: ClusterNode, commands: Sequence[Sequence[Any]]) -> None:
+    def __init__(
+        self,
+        node: ClusterNode,
+        commands: Sequence[Sequence[Any]],
+        *,
+        outcome: list[Any] | ShardUnavailableError | None = None,
+    ) -> None:
         self.node = node
-        super().__init__(node.shard, commands)
+        super().__init__(node.shard, commands, outcome=outcome)
 
     def repair(self, replies: list[Any]) -> list[Any]:
         follows = self.node.cluster.policy.follows

@@ -34,6 +34,7 @@ from shardcache.errors import (
     CommandError,
     ConfigurationError,
     SentinelError,
+    ShardError,
     ShardUnavailableError,
 )
 from shardcache.hashing import HashFunction, Selector, make_selector
@@ -362,6 +363,10 @@ class SentinelClient:
             self._switch(name, address, None)
             self._gates[name].set()
 
+    def is_open(self, name: str) -> bool:
+        """False while a failover of ``name`` holds commands back (see `wait_if_paused`)."""
+        return self._gates[name].is_set()
+
     def wait_if_paused(self, name: str) -> None:
         """Block while a failover of ``name`` is promoting a replica (bounded)."""
         gate = self._gates[name]
@@ -417,14 +422,46 @@ class SentinelMaster:
         shard = self.owner.current(self.name)
         try:
             return shard.execute(*args, key=key, idempotent=idempotent)
-        except ShardUnavailableError as exc:
-            moved = self.owner.reask(self.name, shard)
-            if not moved or (exc.sent and not idempotent):
-                raise
-        except CommandError as exc:
-            if not _is_demoted(exc) or not self.owner.reask(self.name, shard, demoted=True):
-                raise
+        except (ShardUnavailableError, CommandError) as exc:
+            return self.recover(args, key, idempotent, exc, shard)
+
+    # What `shardcache.aio` needs: the asyncio path sends to `leaf` (None while a failover
+    # holds commands back: the sync path waits for it in a thread), and hands failures that
+    # may mean the master moved to the sync repairs below.
+
+    def leaf(self) -> RedisShard | None:
+        return self.owner.current(self.name) if self.owner.is_open(self.name) else None
+
+    def recoverable(self, error: ShardError) -> bool:
+        return isinstance(error, ShardUnavailableError) or (
+            isinstance(error, CommandError) and _is_demoted(error)
+        )
+
+    def recover(
+        self,
+        args: Sequence[Any],
+        key: bytes | None,
+        idempotent: bool,
+        error: ShardError,
+        leaf: RedisShard,
+    ) -> Any:
+        """After ``error`` on ``leaf``: ask the sentinels again and retry once on the new
+        master, when the master has moved and retrying cannot apply a command twice."""
+        if isinstance(error, ShardUnavailableError):
+            moved = self.owner.reask(self.name, leaf)
+            if not moved or (error.sent and not idempotent):
+                raise error
+        elif not self.recoverable(error) or not self.owner.reask(self.name, leaf, demoted=True):
+            raise error
         return self.owner.current(self.name).execute(*args, key=key, idempotent=idempotent)
+
+    def settle(
+        self,
+        commands: Sequence[Sequence[Any]],
+        leaf: RedisShard,
+        outcome: list[Any] | ShardUnavailableError,
+    ) -> list[Any]:
+        return _SentinelBatch(self, leaf, commands, outcome=outcome).settle(outcome)
 
     def begin(self, commands: Sequence[Sequence[Any]]) -> _SentinelBatch:
         self.owner.wait_if_paused(self.name)
@@ -448,11 +485,16 @@ class _SentinelBatch(RecoveringBatch):
     the new one: whole when nothing could have been applied, or just the refused writes."""
 
     def __init__(
-        self, master: SentinelMaster, shard: RedisShard, commands: Sequence[Sequence[Any]]
+        self,
+        master: SentinelMaster,
+        shard: RedisShard,
+        commands: Sequence[Sequence[Any]],
+        *,
+        outcome: list[Any] | ShardUnavailableError | None = None,
     ) -> None:
         self.master = master
         self.shard = shard
-        super().__init__(shard, commands)
+        super().__init__(shard, commands, outcome=outcome)
 
     def recover(self, failure: ShardUnavailableError) -> list[Any]:
         client, name = self.master.owner, self.master.name

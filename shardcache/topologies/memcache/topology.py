@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import redis
 
@@ -65,6 +65,9 @@ class MemcacheShard:
         return _Running(self, commands).finish()
 
     def scan(self, match: bytes, count: int = 1000) -> Iterator[bytes]:
+        self._cmd_scan()
+
+    def _cmd_scan(self, *args: Any) -> NoReturn:
         raise ConfigurationError(
             "memcache cannot list keys, so clear() cannot delete one prefix: "
             "call clear(flush=True) to empty every server"
