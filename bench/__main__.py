@@ -1,11 +1,20 @@
-"""``python -m bench [cache|cluster|sentinel|memcache|django|async|startup]`` (cache by default);
-``--help`` for options."""
+"""``python -m bench [cache|cluster|sentinel|memcache|django|async|flask|startup]``
+(cache by default); ``--help`` for options."""
 
 from __future__ import annotations
 
 import sys
 
-from bench import async_caches, cache, cluster, django_caches, memcache, sentinel, startup
+from bench import (
+    async_caches,
+    cache,
+    cluster,
+    django_caches,
+    flask_caches,
+    memcache,
+    sentinel,
+    startup,
+)
 
 BENCHMARKS = {
     "cache": cache.main,
@@ -14,6 +23,7 @@ BENCHMARKS = {
     "memcache": memcache.main,
     "django": django_caches.main,
     "async": async_caches.main,
+    "flask": flask_caches.main,
     "startup": startup.main,
 }
 

@@ -296,33 +296,38 @@ class Cache:
         k = self.make_key(key)
         return bool((yield from self._run(k, 0, b"EXISTS", k, read=True)))
 
-    def incr(self, key: Key, delta: int = 1) -> int:
+    def incr(self, key: Key, delta: int = 1, *, create: bool = False) -> int:
         """Add ``delta`` to the integer under ``key`` atomically on the server and return the
-        new value. `MissingKeyError` (a ValueError) when the key does not exist;
-        `NotAnIntegerError` (a TypeError) when its value is not an integer."""
-        return self._sync(self._incr(key, delta))
+        new value. A missing key raises `MissingKeyError` (a ValueError), or with ``create``
+        starts at 0 (and never expires, as INCRBY's). A value that is not an integer raises
+        `NotAnIntegerError` (a TypeError)."""
+        return self._sync(self._incr(key, delta, create))
 
-    async def aincr(self, key: Key, delta: int = 1) -> int:
-        return await self._async(self._incr(key, delta))
+    async def aincr(self, key: Key, delta: int = 1, *, create: bool = False) -> int:
+        return await self._async(self._incr(key, delta, create))
 
-    def decr(self, key: Key, delta: int = 1) -> int:
+    def decr(self, key: Key, delta: int = 1, *, create: bool = False) -> int:
         """`incr` by ``-delta``."""
-        return self._sync(self._incr(key, -delta))
+        return self._sync(self._incr(key, -delta, create))
 
-    async def adecr(self, key: Key, delta: int = 1) -> int:
-        return await self._async(self._incr(key, -delta))
+    async def adecr(self, key: Key, delta: int = 1, *, create: bool = False) -> int:
+        return await self._async(self._incr(key, -delta, create))
 
-    def _incr(self, key: Key, delta: int) -> Steps[int]:
+    def _incr(self, key: Key, delta: int, create: bool) -> Steps[int]:
         k = self.make_key(key)
         shard = self.topology.shard_for(k)
         result: Any
         try:
-            try:
-                result = yield (_EXEC, shard, (b"EVALSHA", _INCR_SHA, 1, k, delta), k, False)
-            except CommandError as exc:
-                if not isinstance(exc.reply, NoScriptError):
-                    raise
-                result = yield (_EXEC, shard, (b"EVAL", _INCR_EXISTING, 1, k, delta), k, False)
+            if create:
+                result = yield (_EXEC, shard, (b"INCRBY", k, delta), k, False)
+            else:
+                try:
+                    result = yield (_EXEC, shard, (b"EVALSHA", _INCR_SHA, 1, k, delta), k, False)
+                except CommandError as exc:
+                    if not isinstance(exc.reply, NoScriptError):
+                        raise
+                    script = (b"EVAL", _INCR_EXISTING, 1, k, delta)
+                    result = yield (_EXEC, shard, script, k, False)
         except CommandError as exc:
             if "not an integer" in str(exc):
                 raise NotAnIntegerError(f"{key!r} does not hold an integer: {exc}") from exc
@@ -512,15 +517,15 @@ class Cache:
 
     def clear(self, *, flush: bool = False) -> int:
         """Delete every key under the prefix on every shard (SCAN + UNLINK in batches) and
-        return how many. Without a prefix this would empty whole databases, so it is
-        refused unless ``flush=True``, which runs FLUSHDB on every shard (returns 0)."""
+        return how many. ``flush=True`` empties every shard's database instead (FLUSHDB;
+        returns 0): required without a prefix, and on memcache, which cannot list keys."""
         return self._sync(self._clear(flush))
 
     async def aclear(self, *, flush: bool = False) -> int:
         return await self._async(self._clear(flush))
 
     def _clear(self, flush: bool) -> Steps[int]:
-        if not self.prefix:
+        if flush or not self.prefix:
             if not flush:
                 raise ConfigurationError(
                     "this cache has no prefix: clear() would empty every shard's database; "

@@ -26,7 +26,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from shardcache import Cache, ShardState
 from shardcache.cache import _glob_escape
-from shardcache_django.config import build_cache, problems
+from shardcache.backends import build_cache, problems
 
 __all__ = ["RedisClusterCache", "RedisSentinelCache", "ShardedMemcacheCache", "ShardedRedisCache"]
 

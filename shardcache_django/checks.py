@@ -7,7 +7,7 @@ from typing import Any
 from django.conf import settings
 from django.core.checks import Error, Tags, register
 
-from shardcache_django.config import problems
+from shardcache.backends import problems
 
 __all__ = ["check_caches"]
 

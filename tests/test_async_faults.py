@@ -220,3 +220,26 @@ def test_pools_of_a_closed_topology_are_not_reused(
 
     asyncio.run(scenario())
     assert len(seen) == 3
+
+
+def test_replica_reads_on_asyncio_say_readonly_first(clean_redis_cluster: RedisCluster) -> None:
+    from tests.test_cache_cluster import replica_gets
+
+    cluster = Cluster([clean_redis_cluster.nodes[0].address], read_from_replicas=True)
+    cache = Cache(cluster, prefix="t:")
+    keys = [f"k{i}" for i in range(60)]
+    cache.set_many({key: key for key in keys})
+    for master in clean_redis_cluster.masters:
+        with master.client() as conn:
+            conn.wait(1, 5000)
+    before = replica_gets(clean_redis_cluster)
+
+    async def scenario() -> None:
+        # Without READONLY a replica answers MOVED, and the master would serve these.
+        assert [await cache.aget(key) for key in keys] == keys
+        assert await cache.aget_many(keys) == {key: key for key in keys}
+
+    asyncio.run(scenario())
+    after = replica_gets(clean_redis_cluster)
+    assert sum(after.values()) - sum(before.values()) == len(keys)
+    cluster.close()

@@ -174,9 +174,18 @@ class MemcacheShard:
 
     def _cmd_evalsha(self, sha: bytes, count: int, key: bytes, delta: int) -> int | None:
         # The cache layer's only script: INCRBY an existing key. On memcache, incr/decr.
-        delta = int(delta)
+        return self._count(key, int(delta), create=False)
+
+    def _cmd_incrby(self, key: bytes, delta: int) -> int | None:
+        # A missing key starts at delta (memcached counts are unsigned: at 0 if negative).
+        return self._count(key, int(delta), create=True)
+
+    def _count(self, key: bytes, delta: int, *, create: bool) -> int | None:
         operation = self.memcache.increment if delta >= 0 else self.memcache.decrement
-        response = operation(key, abs(delta), 0, NO_EXPIRATION_INCR)
+        if create:
+            response = operation(key, abs(delta), max(delta, 0), 0)
+        else:
+            response = operation(key, abs(delta), 0, NO_EXPIRATION_INCR)
         if response.status is Status.CONNECTION_UNAVAILABLE:
             raise ShardUnavailableError(str(response.error), shard=self.id, key=key)
         if response.status is Status.INCR_DECR_ON_NON_NUMERIC_VALUE:

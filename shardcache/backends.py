@@ -1,7 +1,10 @@
-"""``CACHES`` entries of the shardcache backends: parsed and checked once, without I/O.
+"""A cache backend described the framework-neutral way: a topology ``kind`` ("hashpool",
+"cluster", "sentinel", "memcache"), a ``location`` (the servers) and upper-case ``OPTIONS``,
+shaped like a Django ``CACHES`` entry. The Django and Flask adapters both translate their
+settings into this, so every option is read, checked and applied here only.
 
-`problems` lists what is wrong with an entry (the system checks report it); `build_cache`
-turns a valid entry into a core `Cache` on its topology.
+`problems` lists what is wrong with an entry, without I/O (Django's system checks and the
+Flask factory report it); `build_cache` turns a valid entry into a core `Cache`.
 """
 
 from __future__ import annotations
@@ -138,9 +141,9 @@ def _masters(options: Mapping[str, Any]) -> list[str]:
     return [masters] if isinstance(masters, str) else list(masters or [])
 
 
-def build_cache(kind: str, location: Any, options: Mapping[str, Any]) -> Cache:
-    """A core `Cache` on the topology a valid ``CACHES`` entry describes (no key prefix:
-    Django makes the keys)."""
+def build_cache(kind: str, location: Any, options: Mapping[str, Any], *, prefix: str = "") -> Cache:
+    """A core `Cache` on the topology a valid entry describes (Django makes its own keys,
+    so it passes no ``prefix``)."""
     servers = parse_location(location)
     o = dict(options)
     timeouts: dict[str, Any] = {
@@ -197,6 +200,7 @@ def build_cache(kind: str, location: Any, options: Mapping[str, Any]) -> Cache:
         topology = MemcacheTopology(client)
     return Cache(
         topology,
+        prefix=prefix,
         serializer=o.get("SERIALIZER", "pickle"),
         compressor=o.get("COMPRESSOR"),
         compress_threshold=int(o.get("COMPRESS_THRESHOLD", 1024)),
