@@ -25,8 +25,8 @@ from django.core.cache.backends.base import (
 from django.core.exceptions import ImproperlyConfigured
 
 from shardcache import Cache, ShardState
-from shardcache.cache import _glob_escape
 from shardcache.backends import build_cache, problems
+from shardcache.cache import _glob_escape
 
 __all__ = ["RedisClusterCache", "RedisSentinelCache", "ShardedMemcacheCache", "ShardedRedisCache"]
 
