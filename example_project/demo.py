@@ -2,7 +2,8 @@
 
 Run it with ``./dev demo``. It brings up the local set (3 standalone redis, a 6-node Redis
 Cluster, two Sentinel-managed masters, 3 memcached), prints a health table, then uses each
-topology through `shardcache.Cache` and through the Django backends, fails a sentinel master
+topology through `shardcache.Cache`, the Django backends (sync and async) and a Flask app
+(`example_project.flask_app`), fails a sentinel master
 over while a cache keeps serving, and stops everything. The exit status is 0 only if every
 step worked.
 """
@@ -105,6 +106,43 @@ def django_round_trips() -> str:
     return "4 backends: set_many, get_many, get_or_set, incr, clear; manage.py check clean"
 
 
+def django_async_round_trips() -> str:
+    import asyncio
+
+    from django.core.cache import caches
+
+    async def run() -> None:
+        for alias in ("default", "cluster", "sentinel"):
+            cache = caches[alias]
+            await cache.aset_many({"a": 1, "b": None})
+            assert await cache.aget_many(["a", "b", "c"]) == {"a": 1, "b": None}
+            assert await cache.aget_or_set("c", "computed") == "computed"
+            assert await cache.aincr("a") == 2
+            await cache.aclear()
+
+    asyncio.run(run())
+    return "3 redis backends natively on asyncio: aset_many, aget_many, aget_or_set, aincr"
+
+
+def flask_round_trips(local: LocalTopology) -> str:
+    from example_project.flask_app import cache, computed, create_app
+
+    nodes = ",".join(local.cluster.describe()["startup_nodes"])
+    app = create_app(
+        {"CACHE_TYPE": "shardcache_flask.RedisClusterCache", "CACHE_REDIS_CLUSTER": nodes}
+    )
+    client = app.test_client()
+    with app.app_context():
+        cache.clear()  # this prefix's keys, on every master
+    first = client.get("/quote/tea/3").json
+    assert client.get("/quote/tea/3").json == first  # served by @cache.cached
+    assert computed == ["quote(tea, 3)", "price(tea, 3)"], computed
+    client.post("/reprice/tea/3")
+    client.get("/quote/tea/3")
+    assert computed[2:] == ["quote(tea, 3)", "price(tea, 3)"], computed
+    return "example_project.flask_app on the cluster: cached view, memoize, delete_memoized"
+
+
 def failover_while_serving(local: LocalTopology) -> str:
     client = SentinelClient(local.sentinel.sentinel_addresses, ["bucket0"])
     cache = Cache(client, prefix="failover:")
@@ -155,6 +193,9 @@ def main() -> int:
         print("\nDjango CACHES backends:")
         configure_django(local)
         results.append(step("django", django_round_trips))
+        results.append(step("django async", django_async_round_trips))
+        print("\nFlask-Caching backends:")
+        results.append(step("flask", lambda: flask_round_trips(local)))
         print("\nfailover:")
         results.append(step("sentinel failover", lambda: failover_while_serving(local)))
         print("\nstopping ...")

@@ -1,0 +1,1 @@
+"""The example project: the demo (``./dev demo``) and a small Flask app."""
