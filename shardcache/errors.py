@@ -15,6 +15,12 @@ catch the library's failures in one clause without catching unrelated bugs::
     │   ├── RedirectsExhaustedError  a cluster kept redirecting (MOVED/ASK/TRYAGAIN) too long
     │   └── SentinelError         no sentinel answers, or none knows the master name
     ├── CrossSlotError            keys given together span several cluster slots
+    ├── RecordError               the record store refused a call
+    │   ├── RecordNotFound        no current record of that type and id (also a LookupError)
+    │   ├── InvalidServerVersion  the store was reset since the caller's cursor: sync_latest again
+    │   ├── InvalidRecordVersion  the cursor is older than the retained change log
+    │   ├── InvalidRecordError    a record, filter or option is malformed (also a ValueError)
+    │   └── LeaseError            a lease call is malformed (empty name or holder, bad ttl)
     └── LocalServerError          shardcache.testing could not run a local server
         ├── BinaryNotFoundError   the server program is not installed
         ├── PortInUseError        the chosen port was taken before the server bound it
@@ -31,10 +37,16 @@ __all__ = [
     "ConfigurationError",
     "CrossSlotError",
     "InvalidKeyError",
+    "InvalidRecordError",
+    "InvalidRecordVersion",
+    "InvalidServerVersion",
+    "LeaseError",
     "LocalServerError",
     "MissingKeyError",
     "NotAnIntegerError",
     "PortInUseError",
+    "RecordError",
+    "RecordNotFound",
     "RedirectsExhaustedError",
     "SentinelError",
     "SerializationError",
@@ -135,6 +147,30 @@ class SentinelError(ShardError):
 
 class CrossSlotError(ShardcacheError, ValueError):
     """Keys that must go to one cluster node together (`Cluster.bind`) span several slots."""
+
+
+class RecordError(ShardcacheError):
+    """The record store refused a call."""
+
+
+class RecordNotFound(RecordError, LookupError):
+    """No current record of that type and id."""
+
+
+class InvalidServerVersion(RecordError):
+    """The store was reset (`clear`) since the caller's cursor was taken: call sync_latest."""
+
+
+class InvalidRecordVersion(RecordError):
+    """The cursor is older than the retained change log: changes after it are gone."""
+
+
+class InvalidRecordError(RecordError, ValueError):
+    """A record, a filter or an option is malformed."""
+
+
+class LeaseError(RecordError, ValueError):
+    """A lease call is malformed."""
 
 
 class LocalServerError(ShardcacheError):

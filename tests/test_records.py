@@ -1,0 +1,97 @@
+"""The record store conformance suite on every store: in memory, and on Redis as a hash pool
+of standalone servers, a cluster, and sentinel-managed masters."""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from typing import Any
+
+import pytest
+
+from shardcache import Cluster, HashPool, SentinelClient
+from shardcache.records import MemoryRecordStore, RedisRecordStore
+from shardcache.testing import RedisCluster, RedisSentinel, StandaloneRedis
+from tests.record_contract import RecordStoreContract
+
+WRITER = """
+import sys
+from shardcache import {cls}
+from shardcache.records import Record, RedisRecordStore
+store = RedisRecordStore({cls}({args!r}{extra}), name={name!r})
+for i in range(int(sys.argv[1])):
+    store.put([Record("remote", f"w{{i}}", {{"i": i}})])
+store.close()
+"""
+
+
+class TestMemoryRecordStore(RecordStoreContract):
+    def make_store(self, **options: Any) -> Any:
+        return MemoryRecordStore(**options)
+
+
+class RedisContract(RecordStoreContract):
+    topology_class: str
+    extra = ""
+
+    @pytest.fixture(autouse=True)
+    def _name(self) -> None:
+        self.name = f"records-{uuid.uuid4().hex[:8]}"
+
+    def topology(self) -> Any:
+        raise NotImplementedError
+
+    def topology_args(self) -> Any:
+        raise NotImplementedError
+
+    def make_store(self, **options: Any) -> Any:
+        return RedisRecordStore(self.topology(), name=self.name, **options)
+
+    def writer_command(self, count: int) -> list[str]:
+        code = WRITER.format(
+            cls=self.topology_class, args=self.topology_args(), extra=self.extra, name=self.name
+        )
+        return [sys.executable, "-c", code, str(count)]
+
+
+class TestRedisRecordStoreOnAHashPool(RedisContract):
+    topology_class = "HashPool"
+
+    @pytest.fixture(autouse=True)
+    def _servers(self, clean_redis_pool_servers: StandaloneRedis) -> None:
+        self.urls = clean_redis_pool_servers.urls
+
+    def topology(self) -> Any:
+        return HashPool(self.urls)
+
+    def topology_args(self) -> Any:
+        return self.urls
+
+
+class TestRedisRecordStoreOnACluster(RedisContract):
+    topology_class = "Cluster"
+
+    @pytest.fixture(autouse=True)
+    def _servers(self, clean_redis_cluster: RedisCluster) -> None:
+        self.nodes = [node.address for node in clean_redis_cluster.nodes[:2]]
+
+    def topology(self) -> Any:
+        return Cluster(self.nodes)
+
+    def topology_args(self) -> Any:
+        return self.nodes
+
+
+class TestRedisRecordStoreOnSentinels(RedisContract):
+    topology_class = "SentinelClient"
+    extra = ", ['bucket0', 'bucket1']"
+
+    @pytest.fixture(autouse=True)
+    def _servers(self, clean_redis_sentinel: RedisSentinel) -> None:
+        self.sentinels = [f"{h}:{p}" for h, p in clean_redis_sentinel.sentinel_addresses]
+
+    def topology(self) -> Any:
+        return SentinelClient(self.sentinels, ["bucket0", "bucket1"])
+
+    def topology_args(self) -> Any:
+        return self.sentinels
