@@ -78,7 +78,7 @@ class RecordStoreContract:
             thread.start()
         for thread in threads:
             thread.join()
-        assert errors == []
+        assert [repr(e) for e in errors[:3]] == []
         server_version, last, _ = store.sync_latest("c")
         versions = [c.version for c in store.sync("c", server_version, 0)]
         assert versions == list(range(1, 4001))

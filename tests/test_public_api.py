@@ -9,12 +9,14 @@ from types import ModuleType
 import pytest
 
 import shardcache
+import shardcache.records
 import shardcache.testing
 
 # package -> the modules whose whole __all__ the package re-exports
 REEXPORTED = {
     shardcache: ["errors", "cache", "topologies"],
     shardcache.testing: ["cluster", "local", "sentinel", "servers", "standalone"],
+    shardcache.records: ["base", "memory", "redis"],
 }
 MODULES = [
     "shardcache.cache",
@@ -28,6 +30,14 @@ MODULES = [
     "shardcache.serializers",
     "shardcache.topologies",
     "shardcache.testing",
+    "shardcache.aio",
+    "shardcache.backends",
+    "shardcache.records",
+    "shardcache.records.base",
+    "shardcache.records.memory",
+    "shardcache.records.model",
+    "shardcache.records.redis",
+    "shardcache_flask",
 ]
 
 

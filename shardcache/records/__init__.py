@@ -18,13 +18,14 @@ from shardcache.errors import (
     RecordError,
     RecordNotFound,
 )
-from shardcache.records.base import BaseRecordStore, Lease, RecordStore
+from shardcache.records.base import BaseRecordStore, Commit, Lease, RecordStore, Waiter
 from shardcache.records.memory import MemoryRecordStore
 from shardcache.records.model import Encryption, Options, Record, compile_filter
 from shardcache.records.redis import RedisRecordStore
 
 __all__ = [
     "BaseRecordStore",
+    "Commit",
     "Encryption",
     "InvalidRecordError",
     "InvalidRecordVersion",
@@ -38,5 +39,6 @@ __all__ = [
     "RecordNotFound",
     "RecordStore",
     "RedisRecordStore",
+    "Waiter",
     "compile_filter",
 ]

@@ -319,6 +319,12 @@ class BaseRecordStore(ABC):
     @abstractmethod
     def _waiter(self) -> Waiter: ...
 
+    @abstractmethod
+    def stats(self) -> dict[str, Any]:
+        """``server_version``, ``last_version``, ``types`` (type -> current records),
+        ``changes`` (entries in the change log) and ``oldest_change`` (its oldest version,
+        None when empty)."""
+
 
 def _check_type(record_type: str) -> None:
     if not isinstance(record_type, str) or not record_type:

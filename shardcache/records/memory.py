@@ -190,6 +190,16 @@ class MemoryRecordStore(BaseRecordStore):
     def _waiter(self) -> _Waiter:
         return _Waiter(self)
 
+    def stats(self) -> dict[str, Any]:
+        with self._cond:
+            return {
+                "server_version": self._server_version,
+                "last_version": self._last,
+                "types": {t: len(self._current.get(t, {})) for t in self._change_log},
+                "changes": len(self._log),
+                "oldest_change": self._log[0][0] if self._log else None,
+            }
+
 
 class _Waiter:
     def __init__(self, store: MemoryRecordStore) -> None:

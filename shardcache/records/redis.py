@@ -318,6 +318,30 @@ class RedisRecordStore(BaseRecordStore):
     def _waiter(self) -> _PubSubWaiter:
         return _PubSubWaiter(self)
 
+    def stats(self) -> dict[str, Any]:
+        shard = self._shard()
+        types = sorted(self._types())
+        replies = shard.pipeline(
+            [
+                (b"GET", self._key("sv")),
+                (b"GET", self._key("lv")),
+                (b"LLEN", self._key("log")),
+                (b"LINDEX", self._key("log"), 0),
+                *[(b"ZCARD", self._key("ix:" + t)) for t in types],
+            ]
+        )
+        for reply in replies:
+            if isinstance(reply, ShardError):
+                raise reply
+        server_version, last, changes, oldest, *counts = replies
+        return {
+            "server_version": int(server_version or 0),
+            "last_version": int(last or 0),
+            "types": dict(zip(types, counts, strict=True)),
+            "changes": changes,
+            "oldest_change": int(oldest.split(b":")[0]) if oldest else None,
+        }
+
     def close(self) -> None:
         self.topology.close()
 
