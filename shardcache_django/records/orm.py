@@ -81,34 +81,47 @@ class OrmRecordStore(BaseRecordStore):
     # --- writes ----------------------------------------------------------------------------
 
     def _write(
-        self, state: StoreState, record_type: str, record_id: str, rest: str, deleted: bool, ms: int
+        self, state: StoreState, items: Sequence[tuple[str, str, str, bool]], ms: int
     ) -> None:
-        state.last_version += 1
-        version = state.last_version
-        stored = head(version, ms) + rest
-        current = self._rows(CurrentRecord).filter(type=record_type, record_id=record_id)
-        if deleted:
-            current.delete()
-        elif not current.update(version=version, modified_ms=ms, stored=stored):
-            CurrentRecord.objects.using(self.using).create(
-                namespace=self.namespace,
-                type=record_type,
-                record_id=record_id,
-                version=version,
-                modified_ms=ms,
-                stored=stored,
+        """Number and write ``(type, id, rest, deleted)`` items: a few statements per
+        batch (bulk inserts), not a few per record."""
+        changes, latest = [], {}
+        for record_type, record_id, rest, deleted in items:
+            state.last_version += 1
+            stored = head(state.last_version, ms) + rest
+            changes.append(
+                Change(
+                    namespace=self.namespace,
+                    type=record_type,
+                    version=state.last_version,
+                    modified_ms=ms,
+                    stored=stored,
+                )
             )
-        Change.objects.using(self.using).create(
-            namespace=self.namespace,
-            type=record_type,
-            version=version,
-            modified_ms=ms,
-            stored=stored,
+            latest[(record_type, record_id)] = (state.last_version, stored, deleted)
+        by_type: dict[str, list[str]] = {}
+        for record_type, record_id in latest:
+            by_type.setdefault(record_type, []).append(record_id)
+        for record_type, record_ids in by_type.items():
+            for start in range(0, len(record_ids), 500):  # SQLite's limit on parameters
+                chunk = record_ids[start : start + 500]
+                self._rows(CurrentRecord).filter(type=record_type, record_id__in=chunk).delete()
+        CurrentRecord.objects.using(self.using).bulk_create(
+            [
+                CurrentRecord(
+                    namespace=self.namespace,
+                    type=record_type,
+                    record_id=record_id,
+                    version=version,
+                    modified_ms=ms,
+                    stored=stored,
+                )
+                for (record_type, record_id), (version, stored, deleted) in latest.items()
+                if not deleted
+            ],
+            batch_size=500,
         )
-
-    def _tombstone(self, state: StoreState, record_type: str, record_id: str, ms: int) -> None:
-        rest = self.codec.rest(Record(record_type, record_id), deleted=True)
-        self._write(state, record_type, record_id, rest, True, ms)
+        Change.objects.using(self.using).bulk_create(changes, batch_size=500)
 
     def _trim(self, state: StoreState, record_type: str, options: Options, ms: int) -> int:
         current = self._rows(CurrentRecord).filter(type=record_type).order_by("version")
@@ -120,8 +133,9 @@ class OrmRecordStore(BaseRecordStore):
         if options.ttl is not None:
             expired = current.filter(modified_ms__lt=ms - options.ttl * 1000)
             doomed += [i for i in expired.values_list("record_id", flat=True) if i not in doomed]
-        for record_id in doomed:
-            self._tombstone(state, record_type, record_id, ms)
+        tomb = self.codec.rest
+        items = [(record_type, i, tomb(Record(record_type, i), deleted=True), True) for i in doomed]
+        self._write(state, items, ms)
         return len(doomed)
 
     def _commit(self, commits: Sequence[Commit]) -> tuple[int, bool]:
@@ -134,8 +148,7 @@ class OrmRecordStore(BaseRecordStore):
                     if (version or 0) != c.expect:
                         return state.server_version, False
             ms = now_ms()
-            for c in commits:
-                self._write(state, c.type, c.id, c.rest, c.deleted, ms)
+            self._write(state, [(c.type, c.id, c.rest, c.deleted) for c in commits], ms)
             for record_type in {c.type for c in commits}:
                 capacity = Options(capacity=self._options_of(record_type).capacity)
                 self._trim(state, record_type, capacity, ms)
