@@ -1,4 +1,4 @@
-"""``python -m bench [cache|cluster|sentinel|memcache|django|async|flask|startup]``
+"""``python -m bench [cache|cluster|sentinel|memcache|django|async|flask|records|startup]``
 (cache by default); ``--help`` for options."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from bench import (
     django_caches,
     flask_caches,
     memcache,
+    records,
     sentinel,
     startup,
 )
@@ -24,6 +25,7 @@ BENCHMARKS = {
     "django": django_caches.main,
     "async": async_caches.main,
     "flask": flask_caches.main,
+    "records": records.main,
     "startup": startup.main,
 }
 
