@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -308,6 +309,14 @@ def test_memcache_unsafe_keys_are_errors_there_and_warnings_on_redis(
         redis_cache.set("has space", 1)
     with pytest.warns(CacheKeyWarning):
         assert redis_cache.get("has space") == 1  # a warning only: redis takes the key
+    for unsafe in ["x" * 251, "tab\there", "del\x7f", "nul\x00"]:
+        with pytest.warns(CacheKeyWarning):
+            redis_cache.has_key(unsafe)
+        with pytest.raises(InvalidCacheKey):
+            memcache.has_key(unsafe)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        redis_cache.set("ünïcødé-κλειδί:" + "y" * 200, 1)  # long, non-ASCII, yet safe
 
 
 def test_close_keeps_the_pools(clean_redis_pool_servers: StandaloneRedis) -> None:
