@@ -3,7 +3,7 @@
 Run it with ``./dev demo``. It brings up the local set (3 standalone redis, a 6-node Redis
 Cluster, two Sentinel-managed masters, 3 memcached), prints a health table, then uses each
 topology through `shardcache.Cache`, the Django backends (sync and async) and a Flask app
-(`example_project.flask_app`), fails a sentinel master
+(`example_project.flask_app`), keeps versioned records on the cluster, fails a sentinel master
 over while a cache keeps serving, and stops everything. The exit status is 0 only if every
 step worked.
 """
@@ -143,6 +143,24 @@ def flask_round_trips(local: LocalTopology) -> str:
     return "example_project.flask_app on the cluster: cached view, memoize, delete_memoized"
 
 
+def record_store(local: LocalTopology) -> str:
+    from shardcache.records import Record, RedisRecordStore
+
+    store = RedisRecordStore(Cluster(local.cluster.describe()["startup_nodes"]), name="demo")
+    store.clear()
+    server_version = store.put([Record("job", f"j{i}", {"state": "queued"}) for i in range(3)])
+    store.patch([Record("job", "j1", {"state": "running"})], ["state"])
+    store.put([Record("job", "j2", deleted=True)])
+    _, version, current = store.sync_latest("job", {"state": "queued"})
+    assert [r.id for r in current] == ["j0"]
+    changes = [(c.version, c.id) for c in store.sync("job", server_version, 0)]
+    assert changes == [(1, "j0"), (2, "j1"), (3, "j2"), (4, "j1"), (5, "j2")], changes
+    assert store.lease("scheduler", "demo", 5)
+    assert not store.lease("scheduler", "other", 5)
+    store.close()
+    return f"on the cluster: 5 versions in order, a patch, a tombstone, a lease (at v{version})"
+
+
 def failover_while_serving(local: LocalTopology) -> str:
     client = SentinelClient(local.sentinel.sentinel_addresses, ["bucket0"])
     cache = Cache(client, prefix="failover:")
@@ -196,6 +214,8 @@ def main() -> int:
         results.append(step("django async", django_async_round_trips))
         print("\nFlask-Caching backends:")
         results.append(step("flask", lambda: flask_round_trips(local)))
+        print("\nrecord store:")
+        results.append(step("records", lambda: record_store(local)))
         print("\nfailover:")
         results.append(step("sentinel failover", lambda: failover_while_serving(local)))
         print("\nstopping ...")
