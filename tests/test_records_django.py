@@ -138,6 +138,8 @@ def test_the_command_through_call_command() -> None:
     assert "oldest retained change" in run("stats")
     StoreHandler()["default"].lease("nightly", "worker-1", 30)
     assert "worker-1" in run("leases")
+    follow = run("sync", "user", "--since", "3", "--follow", "--timeout", "0.3")
+    assert follow == ""  # nothing new: it waited, then ended at the timeout
     with pytest.raises(CommandError, match="no record"):
         run("get", "user", "nobody")
     with pytest.raises(CommandError, match="not valid JSON"):
