@@ -19,7 +19,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio
-from django.conf import settings
 
 from bench.django_caches import VALUE, configure
 from shardcache.testing import MemcachedServers, StandaloneRedis
@@ -115,7 +114,6 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     with StandaloneRedis(3) as pool, MemcachedServers(3) as memcached:
         configure(pool.urls, memcached.addresses)
-        assert "ours" in settings.CACHES
         asyncio.run(run(args, pool.urls))
 
 

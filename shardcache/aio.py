@@ -51,8 +51,8 @@ _CLASSES: dict[type, Any] = {
 
 
 @cache
-def _accepted(cls: Any) -> frozenset[str] | None:
-    """The keyword arguments ``cls`` and its bases take (None: any)."""
+def _accepted(cls: Any) -> frozenset[str]:
+    """The keyword arguments ``cls`` and its bases take."""
     names: set[str] = set()
     for klass in cls.__mro__:
         init = klass.__dict__.get("__init__")
@@ -81,7 +81,7 @@ def async_factory(
     if cls is None:
         return None
     accepted = _accepted(cls)
-    options = {k: v for k, v in kwargs.items() if accepted is None or k in accepted}
+    options = {k: v for k, v in kwargs.items() if k in accepted}
     options["retry"] = Retry(NoBackoff(), 0)  # our policy decides what is retried
     if readonly:
         options["redis_connect_func"] = _send_readonly

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import threading
 import time
@@ -138,6 +139,14 @@ def test_cache_reads_from_replicas_when_asked_and_writes_to_masters(
     after = replica_gets(clean_redis_cluster)
     assert sum(after.values()) - sum(before.values()) == len(keys)
     assert all(after[port] > before[port] for port in after)  # every replica served some
+
+    async def on_asyncio() -> None:
+        # Without READONLY a replica answers MOVED, and the master would serve these.
+        assert [await cache.aget(key) for key in keys] == keys
+        assert await cache.aget_many(keys) == {key: key for key in keys}
+
+    asyncio.run(on_asyncio())
+    assert sum(replica_gets(clean_redis_cluster).values()) - sum(after.values()) == len(keys)
     cluster.close()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 from collections.abc import Iterator
@@ -304,7 +305,7 @@ def test_a_slow_shard_times_out_with_a_typed_error(
 ) -> None:
     pool = HashPool(clean_redis_pool_servers.urls, read_timeout=0.3, write_timeout=0.3)
     cache = Cache(pool, prefix="t:")
-    cache.set("k", "v")
+    cache.set_many({"k": "v", "other": 1})
     server = clean_redis_pool_servers.servers[pool.index(b"t:k")]
     sleeper = server.client(socket_timeout=10)
     blocked = threading.Thread(target=sleeper.execute_command, args=("DEBUG", "SLEEP", "3"))
@@ -323,11 +324,20 @@ def test_a_slow_shard_times_out_with_a_typed_error(
         with pytest.raises(ShardUnavailableError, match=r"(?i)timeout") as error:
             cache.get("k")
         assert pool.id(pool.index(b"t:k")) in str(error.value)
+        asyncio.run(slow_async(cache))  # the asyncio path, in the same busy window
     finally:
         blocked.join()
         sleeper.close()
     assert cache.get("k") == "v"  # the shard answers again once it is not busy
+    assert asyncio.run(cache.aget("k")) == "v"
     pool.close()
+
+
+async def slow_async(cache: Cache) -> None:
+    with pytest.raises(ShardUnavailableError, match=r"(?i)timeout"):
+        await cache.aget("k")
+    with pytest.raises(ShardUnavailableError):
+        await cache.aget_many(["k", "other"])
 
 
 def test_tls_servers_through_rediss_urls() -> None:

@@ -18,5 +18,5 @@ def check_record_stores(app_configs: Any = None, **kwargs: Any) -> list[Error]:
     return [
         Error(message, obj=f"SHARDCACHE_RECORDS[{alias!r}]", id=f"shardcache.E{number}")
         for alias, entry in entries().items()
-        for number, message in problems(alias, entry)
+        for number, message in problems(entry)
     ]

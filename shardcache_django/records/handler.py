@@ -41,7 +41,7 @@ def entries() -> dict[str, Any]:
     return dict(configured) if configured else dict(DEFAULT)
 
 
-def problems(alias: str, entry: Any) -> list[tuple[int, str]]:
+def problems(entry: Any) -> list[tuple[int, str]]:
     """What is wrong with one entry, as ``(check number, message)`` (no I/O)."""
     if not isinstance(entry, Mapping):
         return [(101, "an entry is a dict with BACKEND, LOCATION and OPTIONS")]
@@ -118,7 +118,7 @@ def _keys(raw: Any) -> list[tuple[str, bytes]]:
 
 
 def build(alias: str, entry: Mapping[str, Any]) -> BaseRecordStore:
-    found = problems(alias, entry)
+    found = problems(entry)
     if found:
         text = "; ".join(f"shardcache.E{n}: {m}" for n, m in found)
         raise ConfigurationError(f"SHARDCACHE_RECORDS[{alias!r}]: {text}")
