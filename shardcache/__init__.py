@@ -7,6 +7,7 @@ The framework-agnostic core. Django and Flask adapters live in ``shardcache_djan
 from shardcache.cache import Cache
 from shardcache.errors import (
     BinaryNotFoundError,
+    ClosedError,
     CommandError,
     ConfigurationError,
     CrossSlotError,
@@ -57,6 +58,7 @@ __all__ = [
     "BinaryNotFoundError",
     "Binding",
     "Cache",
+    "ClosedError",
     "Cluster",
     "ClusterNode",
     "CommandError",

@@ -28,7 +28,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shardcache.connections import _NOT_ENOUGH_DATA, IO_ERRORS, _hiredis_pack, _pack, _pack_many
-from shardcache.errors import CommandError, ShardUnavailableError
+from shardcache.errors import ClosedError, CommandError, ShardUnavailableError
 
 if sys.version_info >= (3, 11):
     from asyncio import timeout as _deadline
@@ -108,9 +108,12 @@ class AsyncConnectionPool:
         self._slots = asyncio.Semaphore(max_connections)
         self._idle: deque[redis.asyncio.connection.AbstractConnection] = deque()
         self.name = name
-        self.closed = False
+        self.closed = False  # connections coming back are closed
+        self._shut = False  # the topology was closed: nothing is lent any more
 
     async def acquire(self) -> redis.asyncio.connection.AbstractConnection:
+        if self._shut:
+            raise ClosedError(f"shard {self.name} is closed (its topology was closed)")
         slots = self._slots
         if slots.locked():
             try:
@@ -152,9 +155,16 @@ class AsyncConnectionPool:
             self._drop(self._idle.pop())
 
     def close(self) -> None:
-        """Close idle connections now and lent ones when they come back."""
+        """Close idle connections now and lent ones when they come back (from the pool's
+        own loop: an asyncio transport belongs to its loop's thread)."""
         self.closed = True
         self.reset()
+
+    def shut(self) -> None:
+        """Refuse every later `acquire` with `ClosedError` (from any thread); the loop's
+        watch closes the connections themselves."""
+        self._shut = True
+        self.closed = True
 
     @staticmethod
     def _drop(conn: redis.asyncio.connection.AbstractConnection) -> None:

@@ -4,7 +4,9 @@ shaped like a Django ``CACHES`` entry. The Django and Flask adapters both transl
 settings into this, so every option is read, checked and applied here only.
 
 `problems` lists what is wrong with an entry, without I/O (Django's system checks and the
-Flask factory report it); `build_cache` turns a valid entry into a core `Cache`.
+Flask factory report it); `build_topology` turns a valid entry into a topology and
+`build_cache` puts a core `Cache` on it. The framework backends do not call these directly:
+they share one topology per process through `shardcache.registry`.
 """
 
 from __future__ import annotations
@@ -27,12 +29,24 @@ from shardcache.compressors import COMPRESSORS
 from shardcache.config import RedisAddress, import_string, resolve_strategy
 from shardcache.errors import ConfigurationError
 from shardcache.hashing import make_selector
+from shardcache.protocols import Topology
 from shardcache.serializers import SERIALIZERS
 from shardcache.topologies.memcache import crc32_shard_func
 
-__all__ = ["OPTIONS", "build_cache", "parse_location", "problems"]
+__all__ = [
+    "CODEC_OPTIONS",
+    "OPTIONS",
+    "build_cache",
+    "build_topology",
+    "parse_location",
+    "problems",
+]
 
-_CODEC = {"SERIALIZER", "COMPRESSOR", "COMPRESS_THRESHOLD", "SIGNING_SECRET", "IGNORE_ERRORS"}
+# What a `Cache` applies to values; every other option shapes the topology's connections.
+CODEC_OPTIONS = frozenset(
+    {"SERIALIZER", "COMPRESSOR", "COMPRESS_THRESHOLD", "SIGNING_SECRET", "IGNORE_ERRORS"}
+)
+_CODEC = CODEC_OPTIONS
 _REDIS = {"CONNECT_TIMEOUT", "SOCKET_TIMEOUT", "MAX_CONNECTIONS", "USERNAME", "PASSWORD"}
 _TLS = {"SSL_CA_CERTS", "SSL_CERTFILE", "SSL_KEYFILE", "SSL_CERT_REQS"}
 OPTIONS: dict[str, frozenset[str]] = {
@@ -42,6 +56,7 @@ OPTIONS: dict[str, frozenset[str]] = {
         _CODEC
         | _REDIS
         | {"MASTERS", "HASH", "DB", "SENTINEL_USERNAME", "SENTINEL_PASSWORD", "FAILOVER_PAUSE"}
+        | {"READ_FROM_REPLICAS"}
     ),
     "memcache": frozenset(
         _CODEC
@@ -141,9 +156,17 @@ def _masters(options: Mapping[str, Any]) -> list[str]:
     return [masters] if isinstance(masters, str) else list(masters or [])
 
 
-def build_cache(kind: str, location: Any, options: Mapping[str, Any], *, prefix: str = "") -> Cache:
-    """A core `Cache` on the topology a valid entry describes (Django makes its own keys,
-    so it passes no ``prefix``)."""
+def _checked(kind: str, location: Any, options: Mapping[str, Any]) -> None:
+    found = problems(kind, location, options)
+    if found:
+        text = "; ".join(f"shardcache.E00{n}: {m}" for n, m in found)
+        raise ConfigurationError(text)
+
+
+def build_topology(kind: str, location: Any, options: Mapping[str, Any]) -> Topology:
+    """A new topology for an entry (`ConfigurationError` naming each problem when it is
+    not valid). Backends share them through `shardcache.registry` instead of calling this."""
+    _checked(kind, location, options)
     servers = parse_location(location)
     o = dict(options)
     timeouts: dict[str, Any] = {
@@ -152,9 +175,8 @@ def build_cache(kind: str, location: Any, options: Mapping[str, Any], *, prefix:
     }
     tls = {name.lower(): o[name] for name in _TLS if name in o}
     credentials: dict[str, Any] = {"username": o.get("USERNAME"), "password": o.get("PASSWORD")}
-    topology: Any
     if kind == "hashpool":
-        topology = HashPool(
+        return HashPool(
             servers,
             hash=o.get("HASH", "fnv1a_32"),
             max_connections_per_instance=int(o.get("MAX_CONNECTIONS", 64)),
@@ -162,8 +184,8 @@ def build_cache(kind: str, location: Any, options: Mapping[str, Any], *, prefix:
             **credentials,
             **tls,
         )
-    elif kind == "cluster":
-        topology = Cluster(
+    if kind == "cluster":
+        return Cluster(
             servers,
             read_from_replicas=bool(o.get("READ_FROM_REPLICAS", False)),
             max_attempts=int(o.get("MAX_ATTEMPTS", 5)),
@@ -172,8 +194,8 @@ def build_cache(kind: str, location: Any, options: Mapping[str, Any], *, prefix:
             **credentials,
             **tls,
         )
-    elif kind == "sentinel":
-        topology = SentinelClient(
+    if kind == "sentinel":
+        return SentinelClient(
             servers,
             _masters(o),
             pool_size=int(o.get("MAX_CONNECTIONS", 64)),
@@ -182,22 +204,28 @@ def build_cache(kind: str, location: Any, options: Mapping[str, Any], *, prefix:
             sentinel_username=o.get("SENTINEL_USERNAME"),
             sentinel_password=o.get("SENTINEL_PASSWORD"),
             failover_pause=float(o.get("FAILOVER_PAUSE", 5.0)),
+            read_from_replicas=bool(o.get("READ_FROM_REPLICAS", False)),
             **timeouts,
             **credentials,
         )
-    else:
-        manager = StaticShardManager(
-            _shard_states(servers, o),
-            _shard_func(o.get("SHARD_FUNC", "crc32")),
-            connect_timeout=timeouts["connect_timeout"],
-            timeout=timeouts["read_timeout"],
-            max_pool_size=int(o.get("MAX_CONNECTIONS", 64)),
-            retry_timeout=float(o.get("RETRY_TIMEOUT", 2.0)),
-        )
-        client = ShardedMemcacheClient(
-            manager, invalidate_non_active=bool(o.get("INVALIDATE_NON_ACTIVE", False))
-        )
-        topology = MemcacheTopology(client)
+    manager = StaticShardManager(
+        _shard_states(servers, o),
+        _shard_func(o.get("SHARD_FUNC", "crc32")),
+        connect_timeout=timeouts["connect_timeout"],
+        timeout=timeouts["read_timeout"],
+        max_pool_size=int(o.get("MAX_CONNECTIONS", 64)),
+        retry_timeout=float(o.get("RETRY_TIMEOUT", 2.0)),
+    )
+    client = ShardedMemcacheClient(
+        manager, invalidate_non_active=bool(o.get("INVALIDATE_NON_ACTIVE", False))
+    )
+    return MemcacheTopology(client)
+
+
+def build_cache(topology: Topology, options: Mapping[str, Any], *, prefix: str = "") -> Cache:
+    """A `Cache` on ``topology`` with an entry's codec options (Django makes its own keys,
+    so it passes no ``prefix``)."""
+    o = dict(options)
     return Cache(
         topology,
         prefix=prefix,

@@ -11,10 +11,9 @@ through a full ``redis.Redis`` client built from the same settings (`RedisShard.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import os
 import threading
-import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -25,7 +24,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from shardcache.errors import CommandError, ShardError, ShardUnavailableError
+from shardcache.errors import ClosedError, CommandError, ShardError, ShardUnavailableError
+from shardcache.lifecycle import end_watch, forget_after_fork, until_loop_ends
 
 if TYPE_CHECKING:
     from shardcache.aio import AsyncConnectionPool
@@ -129,11 +129,14 @@ class ConnectionPool:
         self._waiters = 0
         self._cond = threading.Condition(threading.Lock())
         self._pid = os.getpid()
-        self.closed = False
+        self.closed = False  # retired or shut: connections coming back are closed
+        self._shut = False  # closed for good: no connection is lent any more
 
     def acquire(self) -> AbstractConnection:
         if self._pid != os.getpid():
             self._after_fork()
+        if self._shut:
+            raise ClosedError(f"shard {self._name} is closed (its topology was closed)")
         try:
             return self._idle.pop()
         except IndexError:
@@ -188,10 +191,17 @@ class ConnectionPool:
             self._created -= 1
             self._cond.notify()
 
-    def close(self) -> None:
-        """Close idle connections now and every connection in use when it comes back."""
+    def retire(self) -> None:
+        """Close idle connections now and every connection in use when it comes back, but
+        still lend new ones (to callers that picked this pool just before it was replaced,
+        e.g. by a failover: their error leads them to the new one)."""
         self.closed = True
         self.reset()
+
+    def close(self) -> None:
+        """`retire`, and refuse every later `acquire` with `ClosedError`."""
+        self._shut = True
+        self.retire()
 
     def reset(self) -> None:
         """Close every idle connection (those in use are closed when they come back broken)."""
@@ -205,11 +215,13 @@ class ConnectionPool:
 
     def _after_fork(self) -> None:
         # The child inherits the parent's sockets: drop them unused (redis-py's disconnect
-        # does not shut down a socket owned by another pid) and start an empty pool.
-        with self._cond:
-            self._idle.clear()
-            self._created = 0
-            self._pid = os.getpid()
+        # does not shut down a socket owned by another pid) and start an empty pool. The
+        # lock is new: a parent thread may have held the old one at the fork.
+        self._cond = threading.Condition(threading.Lock())
+        self._idle = deque()
+        self._created = 0
+        self._waiters = 0
+        self._pid = os.getpid()
 
     @property
     def in_use(self) -> int:
@@ -328,10 +340,13 @@ class RedisShard:
         self._pool_timeout = pool_timeout
         self._custom_factory = factory is not None
         self._client: redis.Redis | None = None
-        self._client_lock = threading.Lock()
-        self._async_pools: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, AsyncConnectionPool
-        ] = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+        # One asyncio pool per event loop, and the watch that drops it when that loop shuts
+        # down (`shardcache.aio.until_loop_ends`). A plain dict: a pool's connections refer
+        # to their loop, so a weak-keyed one would never let a loop go.
+        self._async_pools: dict[asyncio.AbstractEventLoop, AsyncConnectionPool] = {}
+        self._loop_watches: dict[asyncio.AbstractEventLoop, Any] = {}
+        forget_after_fork(self)
 
     def __repr__(self) -> str:
         return f"<RedisShard {self.id}>"
@@ -405,15 +420,26 @@ class RedisShard:
     def async_pool(self) -> AsyncConnectionPool | None:
         """This server's asyncio connections for the running event loop (one pool per loop:
         an asyncio connection belongs to the loop that opened it). None when connections
-        come from a user's factory, which has no asyncio twin."""
+        come from a user's factory, which has no asyncio twin, or the shard was retired."""
         loop = asyncio.get_running_loop()
         pool = self._async_pools.get(loop)
-        if pool is None and not self._custom_factory and not self.pool.closed:
-            from shardcache.aio import AsyncConnectionPool, async_factory
+        if pool is None:
+            pool = self._open_async_pool(loop)
+        return pool
 
-            factory = async_factory(self._connection_class, self._kwargs, readonly=self.readonly)
-            if factory is None:
-                return None
+    def _open_async_pool(self, loop: asyncio.AbstractEventLoop) -> AsyncConnectionPool | None:
+        from shardcache.aio import AsyncConnectionPool, async_factory
+
+        if self.closed:
+            raise ClosedError(f"shard {self.id} is closed")
+        if self._custom_factory or self.pool.closed:
+            return None
+        factory = async_factory(self._connection_class, self._kwargs, readonly=self.readonly)
+        if factory is None:
+            return None
+        with self._lock:
+            for other in [other for other in list(self._loop_watches) if other.is_closed()]:
+                self._forget_loop(other)  # closed without shutting down: nothing else tells
             pool = self._async_pools[loop] = AsyncConnectionPool(
                 factory,
                 max_connections=self._max_connections,
@@ -421,7 +447,20 @@ class RedisShard:
                 read_timeout=self._kwargs.get("socket_timeout"),
                 name=self.id,
             )
+            self._loop_watches[loop] = until_loop_ends(functools.partial(self._forget_loop, loop))
         return pool
+
+    def _forget_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Close and drop ``loop``'s pool: the loop is shutting down, or is closed."""
+        pool = self._async_pools.pop(loop, None)
+        self._loop_watches.pop(loop, None)
+        if pool is not None:
+            pool.close()
+
+    @property
+    def async_loops(self) -> int:
+        """How many event loops have a pool of this server's asyncio connections now."""
+        return len(self._async_pools)
 
     def recoverable(self, error: ShardError) -> bool:
         """Whether `recover` could do more with ``error`` than raise it: a lone server cannot."""
@@ -449,7 +488,7 @@ class RedisShard:
 
     def client(self) -> redis.Redis:
         """A full redis-py client on this server (same settings), for locks and admin."""
-        with self._client_lock:
+        with self._lock:
             if self._client is None:
                 pool = redis.ConnectionPool(
                     connection_class=self._connection_class,
@@ -459,15 +498,50 @@ class RedisShard:
                 self._client = redis.Redis(connection_pool=pool)
             return self._client
 
+    @property
+    def closed(self) -> bool:
+        return self.pool._shut
+
+    def retire(self) -> None:
+        """This server no longer holds the shard (e.g. its master was failed over): close
+        idle connections now, lent ones when they come back (see `ConnectionPool.retire`)."""
+        self.pool.retire()
+        for pool in list(self._async_pools.values()):
+            pool.closed = True  # lent connections are closed on return; idle ones below
+        self._end_loops()
+        self._close_client()
+
     def close(self) -> None:
+        """Close every connection, sync and asyncio; later calls raise `ClosedError`."""
         self.pool.close()
-        for loop, pool in list(self._async_pools.items()):
-            # An asyncio transport is closed from its own loop's thread.
-            with contextlib.suppress(RuntimeError):  # that loop is closed: nothing is open
-                loop.call_soon_threadsafe(pool.close)
-        self._async_pools.clear()
-        with self._client_lock:
+        for pool in list(self._async_pools.values()):
+            pool.shut()
+        self._end_loops()
+        self._close_client()
+
+    def _end_loops(self) -> None:
+        # An asyncio transport is closed from its own loop's thread: each running loop ends
+        # its watch there (which closes its pool); a closed loop has nothing left to run.
+        with self._lock:
+            watches = list(self._loop_watches.items())
+        for loop, watch in watches:
+            if loop.is_closed():
+                self._forget_loop(loop)
+            else:
+                try:
+                    loop.call_soon_threadsafe(end_watch, watch)
+                except RuntimeError:  # closed meanwhile
+                    self._forget_loop(loop)
+
+    def _close_client(self) -> None:
+        with self._lock:
             if self._client is not None:
                 self._client.close()
                 self._client.connection_pool.disconnect()
                 self._client = None
+
+    def _after_fork(self) -> None:
+        # The parent's event loops and their connections are not the child's to use.
+        self._lock = threading.Lock()
+        self._async_pools = {}
+        self._loop_watches = {}

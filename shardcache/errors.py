@@ -5,6 +5,7 @@ catch the library's failures in one clause without catching unrelated bugs::
 
     ShardcacheError
     ├── ConfigurationError        a setting is missing, malformed or contradictory
+    ├── ClosedError               the topology was closed: it makes no new connections
     ├── InvalidKeyError           a key is not str/bytes, or is empty (also a ValueError)
     ├── MissingKeyError           incr/decr of a key that does not exist (also a ValueError)
     ├── NotAnIntegerError         incr/decr of a value that is not an integer (also a TypeError)
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 __all__ = [
     "BinaryNotFoundError",
+    "ClosedError",
     "CommandError",
     "ConfigurationError",
     "CrossSlotError",
@@ -63,6 +65,11 @@ class ShardcacheError(Exception):
 
 class ConfigurationError(ShardcacheError):
     """A setting is missing, malformed or contradictory."""
+
+
+class ClosedError(ShardcacheError):
+    """The topology (or the client under it) was closed: it opens no connection and starts
+    no thread again. Build a new one, or let the registry build one (`shardcache.registry`)."""
 
 
 class InvalidKeyError(ShardcacheError, ValueError):

@@ -77,6 +77,12 @@ class Topology(Protocol):
         """Every shard that holds keys (masters only), e.g. for ``clear`` and ``scan``."""
         ...
 
+    @property
+    def closed(self) -> bool:
+        """True after `close`."""
+        ...
+
     def close(self) -> None:
-        """Close every connection; the topology is unusable afterwards."""
+        """Close every connection and stop every thread the topology owns; later calls
+        raise `ClosedError`."""
         ...

@@ -10,7 +10,6 @@ return values the way Django's own backends do; every behaviour lives in `shardc
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar
 
@@ -26,8 +25,9 @@ from django.core.cache.backends.base import (
 from django.core.exceptions import ImproperlyConfigured
 
 from shardcache import Cache, ShardState
-from shardcache.backends import build_cache, problems
 from shardcache.cache import _glob_escape
+from shardcache.errors import ConfigurationError
+from shardcache.registry import registry
 
 __all__ = ["RedisClusterCache", "RedisSentinelCache", "ShardedMemcacheCache", "ShardedRedisCache"]
 
@@ -42,20 +42,20 @@ class _ShardcacheCache(BaseCache):
         self._location = server
         self._options = dict(params.get("OPTIONS") or {})
         self._core: Cache | None = None
-        self._lock = threading.Lock()
 
     @property
     def core(self) -> Cache:
-        """The core cache, built on first use (a bad entry raises ImproperlyConfigured)."""
-        if self._core is None:
-            with self._lock:
-                if self._core is None:
-                    found = problems(self.kind, self._location, self._options)
-                    if found:
-                        text = "; ".join(f"shardcache.E00{n}: {m}" for n, m in found)
-                        raise ImproperlyConfigured(f"{type(self).__name__}: {text}")
-                    self._core = build_cache(self.kind, self._location, self._options)
-        return self._core
+        """The process-wide cache of this entry (`shardcache.registry`): Django makes one
+        backend object per thread and per ASGI request, and they all share one topology,
+        built on first use. A bad entry raises ImproperlyConfigured."""
+        core = self._core
+        if core is None:
+            try:
+                core = registry.cache(self.kind, self._location, self._options)
+            except ConfigurationError as exc:
+                raise ImproperlyConfigured(f"{type(self).__name__}: {exc}") from exc
+            self._core = core
+        return core
 
     def validate_key(self, key: str) -> None:
         # Django's check walks the key in Python, character by character: for get_many(100)
@@ -130,7 +130,8 @@ class _ShardcacheCache(BaseCache):
         )
 
     def close(self, **kwargs: Any) -> None:
-        # Django calls this at the end of every request; the pools are meant to outlive it.
+        # Django calls this at the end of every request: the shared topology outlives it
+        # (`core.close()` closes it for the whole process).
         pass
 
     # --- the async API: natively on asyncio (redis-py's asyncio connections), except on
@@ -188,7 +189,7 @@ class _ShardcacheCache(BaseCache):
             await self.core.aclear(flush=True)
 
     async def aclose(self, **kwargs: Any) -> None:
-        pass
+        pass  # as `close`
 
     # --- what django-redis users rely on -----------------------------------------------------
 
@@ -279,6 +280,7 @@ class ShardedMemcacheCache(_ShardcacheCache):
                 raise InvalidCacheKey(warning)
 
     def update_shard_states(self, states: list[ShardState | str]) -> None:
-        """Change the shards' states at run time (e.g. ``caches["mc"].update_shard_states``)."""
+        """Change the shards' states at run time (e.g. ``caches["mc"].update_shard_states``):
+        every thread and request of this process sees them on its next call."""
         topology = self.core.topology
         topology.client.manager.update_shard_states(states)  # type: ignore[attr-defined]

@@ -15,7 +15,6 @@ the import path does not contain "cachelib", hence the base class and these modu
 from __future__ import annotations
 
 import datetime as dt
-import threading
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -23,8 +22,9 @@ from flask import Flask
 from flask_caching.backends.base import BaseCache
 
 from shardcache import Cache, MissingKeyError, ShardError, ShardState
-from shardcache.backends import build_cache, problems
+from shardcache.backends import problems
 from shardcache.errors import ConfigurationError
+from shardcache.registry import registry
 
 __all__ = ["RedisClusterCache", "RedisSentinelCache", "ShardedMemcacheCache", "ShardedRedisCache"]
 
@@ -60,17 +60,17 @@ class _ShardcacheBackend(BaseCache):
         self.key_prefix = key_prefix
         self._entry = (location, options)
         self._core: Cache | None = None
-        self._lock = threading.Lock()
 
     @property
     def core(self) -> Cache:
-        """The core cache, built on first use: an app starts while its cache is down."""
-        if self._core is None:
-            with self._lock:
-                if self._core is None:
-                    location, options = self._entry
-                    self._core = build_cache(self.kind, location, options, prefix=self.key_prefix)
-        return self._core
+        """The process-wide cache of these settings (`shardcache.registry`), built on first
+        use: an app starts while its cache is down, and apps with the same settings share
+        one topology."""
+        core = self._core
+        if core is None:
+            location, options = self._entry
+            core = self._core = registry.cache(self.kind, location, options, prefix=self.key_prefix)
+        return core
 
     @classmethod
     def factory(

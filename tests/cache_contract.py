@@ -12,6 +12,7 @@ import concurrent.futures
 import contextlib
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from datetime import date
 from typing import Any
@@ -19,8 +20,9 @@ from typing import Any
 import pytest
 import redis
 
-from shardcache import Cache, InvalidKeyError, MissingKeyError, NotAnIntegerError
+from shardcache import Cache, ClosedError, InvalidKeyError, MissingKeyError, NotAnIntegerError
 from shardcache.errors import ConfigurationError
+from tests.process import open_sockets, our_threads, settles
 
 RawClient = Callable[[bytes], redis.Redis]
 
@@ -42,6 +44,12 @@ class CacheContract:
     # What the topology can do; where it cannot, the contract checks the documented refusal.
     clear_by_prefix = True
     locks = True
+
+    @pytest.fixture(autouse=True)
+    def _held_before(self) -> None:
+        # Taken before the cache fixture builds its topology (autouse fixtures come first).
+        self.sockets_before = open_sockets()
+        self.threads_before = our_threads()
 
     @pytest.fixture
     def cache(self) -> Cache:
@@ -371,3 +379,53 @@ class CacheContract:
         for round_ in range(3):
             asyncio.run(cache.aset("loop", round_))
             assert asyncio.run(cache.aget("loop")) == round_
+
+    # --- lifecycle: event loops, close ---------------------------------------------------------
+
+    def test_a_new_event_loop_per_call_retains_no_loop_and_no_connection(
+        self, cache: Cache
+    ) -> None:
+        cache.set_many({f"k{i}": i for i in range(30)})
+        keys = [f"k{i}" for i in range(30)]
+        loops: list[weakref.ref[asyncio.AbstractEventLoop]] = []
+
+        async def call() -> dict[str, Any]:
+            loops.append(weakref.ref(asyncio.get_running_loop()))
+            return await cache.aget_many(keys)
+
+        for _ in range(5):
+            assert asyncio.run(call()) == {k: i for i, k in enumerate(keys)}
+        warm = len(open_sockets())
+        for _ in range(200):
+            assert asyncio.run(call()) == {k: i for i, k in enumerate(keys)}
+        assert len(open_sockets()) <= warm  # asyncio.run per call: no socket piles up
+        assert settles(lambda: all(loop() is None for loop in loops))  # no loop is kept
+        leaves = [getattr(shard, "leaf", lambda: None)() for shard in cache.topology.shards()]
+        assert all(leaf.async_loops == 0 for leaf in leaves if leaf is not None)
+
+    def test_after_close_calls_raise_and_nothing_is_left_open(self, cache: Cache) -> None:
+        cache.set_many({f"k{i}": i for i in range(30)})
+        assert cache.get_many([f"k{i}" for i in range(30)])["k7"] == 7
+        assert cache.get("k1") == 1
+        loop = asyncio.new_event_loop()  # a loop that stays open: its pools close with us
+        assert loop.run_until_complete(cache.aget_many(["k1", "k2"])) == {"k1": 1, "k2": 2}
+        assert not cache.topology.closed
+        cache.close()
+        cache.close()  # twice is harmless
+        assert cache.topology.closed
+        for call in (
+            lambda: cache.get("k1"),
+            lambda: cache.set("k1", 2),
+            lambda: cache.get_many(["k1", "k2", "k3"]),
+            lambda: cache.incr("k1"),
+        ):
+            with pytest.raises(ClosedError, match="closed"):
+                call()
+        with pytest.raises(ClosedError):
+            loop.run_until_complete(cache.aget("k1"))
+        with pytest.raises(ClosedError):
+            asyncio.run(cache.aset_many({"k1": 1, "k2": 2}))
+        loop.run_until_complete(asyncio.sleep(0.01))  # the loop runs the close we scheduled
+        loop.close()
+        assert settles(lambda: our_threads() <= self.threads_before), our_threads()
+        assert settles(lambda: open_sockets() <= self.sockets_before)

@@ -29,6 +29,7 @@ from redis.retry import Retry
 from shardcache.config import RedisAddress
 from shardcache.connections import IO_ERRORS, RecoveringBatch, RedisShard
 from shardcache.errors import (
+    ClosedError,
     CommandError,
     ConfigurationError,
     CrossSlotError,
@@ -37,6 +38,7 @@ from shardcache.errors import (
     ShardUnavailableError,
 )
 from shardcache.hashing import CLUSTER_SLOTS, slot
+from shardcache.lifecycle import forget_after_fork
 from shardcache.protocols import Shard
 from shardcache.topologies.redirects import Redirect, RedirectPolicy, is_tryagain
 
@@ -118,7 +120,14 @@ class Cluster:
         self._owners: list[ClusterNode] = []  # the master node of each slot, for the hot path
         self._slot_memo: dict[bytes, int] = {}
         self._redis: redis.cluster.RedisCluster | None = None
+        self.closed = False
         self.refresh()
+        forget_after_fork(self)
+
+    def _after_fork(self) -> None:
+        # A parent thread may have held these at the fork: the child makes its own.
+        self._nodes_lock = threading.Lock()
+        self._refresh_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"<Cluster {sorted({m for m in self._map.masters if m})}>"
@@ -134,6 +143,8 @@ class Cluster:
         with self._nodes_lock:
             found = self._nodes.get((address, readonly))
             if found is None:
+                if self.closed:
+                    raise ClosedError("this Cluster is closed")
                 host, _, port = address.rpartition(":")
                 kwargs = {**self._template, "host": host, "port": int(port)}
                 shard = RedisShard(
@@ -386,8 +397,10 @@ class Cluster:
         return [self.node(address) for address in dict.fromkeys(self._map.masters) if address]
 
     def close(self) -> None:
-        """Close every connection to every node."""
+        """Close every connection to every node, sync and asyncio; later calls raise
+        `ClosedError`."""
         with self._nodes_lock:
+            self.closed = True
             for node in self._nodes.values():
                 node.shard.close()
         if self._redis is not None:

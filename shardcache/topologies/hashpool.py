@@ -157,7 +157,12 @@ class HashPool:
     def shards(self) -> list[RedisShard]:
         return list(self._shards)
 
+    @property
+    def closed(self) -> bool:
+        return self._shards[0].closed
+
     def close(self) -> None:
-        """Close every connection of every server."""
+        """Close every connection of every server, sync and asyncio; later calls raise
+        `ClosedError`."""
         for shard in self._shards:
             shard.close()

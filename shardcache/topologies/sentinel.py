@@ -8,11 +8,15 @@ config epoch; and the ``sentinel_err`` flag. redis-py's ``Sentinel`` keeps the c
 the sentinels and lists replicas.
 
 Reads go to the master: reading from replicas serves stale data around every failover, so it
-is only ever done on request (`SentinelClient.replica`).
+is only ever done on request (``read_from_replicas=True``, or `SentinelClient.replica`).
+
+Lifecycle: the watchers start with the client, are daemons, stop on `SentinelClient.close`,
+and start again lazily in a forked child (on its first command).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
@@ -31,6 +35,7 @@ from redis.retry import Retry
 from shardcache.config import RedisAddress
 from shardcache.connections import RecoveringBatch, RedisShard
 from shardcache.errors import (
+    ClosedError,
     CommandError,
     ConfigurationError,
     SentinelError,
@@ -38,15 +43,18 @@ from shardcache.errors import (
     ShardUnavailableError,
 )
 from shardcache.hashing import HashFunction, Selector, make_selector
-from shardcache.protocols import Shard
+from shardcache.lifecycle import forget_after_fork
+from shardcache.protocols import PendingBatch, Shard
 
-__all__ = ["SentinelClient", "SentinelMaster"]
+__all__ = ["SentinelClient", "SentinelMaster", "SentinelReplicaReads"]
 
 logger = logging.getLogger("shardcache")
 
 ConnectionFactory = Callable[[str, int], AbstractConnection]
 _REASK_INTERVAL = 0.05  # seconds: concurrent failures share one question to the sentinels
+_REPLICA_EVENTS = ("+slave", "+sdown", "-sdown")
 _EVENTS = (
+    *_REPLICA_EVENTS,
     "+switch-master",
     "+promoted-slave",
     "+failover-state-send-slaveof-noone",
@@ -90,6 +98,7 @@ class SentinelClient:
         hash: str | HashFunction | Selector = "fnv1a_32",
         watch: bool = True,
         failover_pause: float = 5.0,
+        read_from_replicas: bool = False,
     ) -> None:
         if isinstance(names, str) or not names:
             raise ConfigurationError("SentinelClient needs a list of one or more master names")
@@ -130,32 +139,67 @@ class SentinelClient:
         self._asked_at: dict[str, float] = {}
         self._epochs: dict[str, int] = {}
         self._lent: dict[int, tuple[AbstractConnection, RedisShard]] = {}
+        self._replicas: dict[str, RedisShard] = {}  # one pool per replica address
+        self._replicas_of: dict[str, list[str]] = {}  # each name's healthy replicas
         for name in self.names:
             address, self._epochs[name] = self.ask(name)
             self._current[name] = self._pool_for(address)
         self._masters = [SentinelMaster(self, name) for name in self.names]
+        self.read_from_replicas = read_from_replicas
+        self._readers = [SentinelReplicaReads(master) for master in self._masters]
         self._select = make_selector(hash, self.names)
-        self._closed = threading.Event()
+        self.closed = False
         self.failover_pause = failover_pause
+        self._watch = watch
+        self._fresh_threads()
+        self._start_watchers()
+        forget_after_fork(self)
+
+    def __repr__(self) -> str:
+        return f"<SentinelClient {self.masters_now()}>"
+
+    # --- the watcher threads' lifecycle ------------------------------------------------------
+
+    def _fresh_threads(self) -> None:
+        """Thread state as in a client with no watcher started yet (also in a forked child,
+        where the parent's threads do not exist and its locks may be held forever)."""
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
         self._gates = {name: threading.Event() for name in self.names}
         self._pause_until = dict.fromkeys(self.names, 0.0)
         for gate in self._gates.values():
             gate.set()
         self._subscribed: set[tuple[str, int]] = set()
-        self._watchers = [
-            threading.Thread(
-                target=self._watch,
-                args=(sentinel,),
-                name=f"shardcache-sentinel-watcher-{i}",
-                daemon=True,
-            )
-            for i, sentinel in enumerate(self.sentinel.sentinels if watch else [])
-        ]
-        for watcher in self._watchers:
-            watcher.start()
+        self._listening: dict[tuple[str, int], Any] = {}  # each watcher's subscription
+        self._watchers: list[threading.Thread] = []
+        self._watching = not self._watch
 
-    def __repr__(self) -> str:
-        return f"<SentinelClient {self.masters_now()}>"
+    def _start_watchers(self) -> None:
+        """One watcher per sentinel, started once per process (again, lazily, in a child)."""
+        with self._lock:
+            if self._watching or self.closed:
+                return
+            self._watchers = [
+                threading.Thread(
+                    target=self._watch_one,
+                    args=(sentinel,),
+                    name=f"shardcache-sentinel-watcher-{i}",
+                    daemon=True,
+                )
+                for i, sentinel in enumerate(self.sentinel.sentinels)
+            ]
+            for watcher in self._watchers:
+                watcher.start()
+            self._watching = True
+
+    def _after_fork(self) -> None:
+        self._fresh_threads()
+        self._asked_at = {}
+
+    @property
+    def threads(self) -> list[threading.Thread]:
+        """The watcher threads alive now."""
+        return [watcher for watcher in self._watchers if watcher.is_alive()]
 
     # --- asking the sentinels ---------------------------------------------------------------
 
@@ -221,6 +265,8 @@ class SentinelClient:
         """
         wanted = f"{address[0]}:{address[1]}"
         with self._lock:
+            if self.closed:
+                return False
             known = self._epochs[name]
             if epoch is None:
                 epoch = known + 1
@@ -232,7 +278,7 @@ class SentinelClient:
                 return False
             self._current[name] = self._pool_for(address)
         logger.info("shardcache: master %s moved from %s to %s", name, old.id, wanted)
-        old.close()  # idle connections now; lent ones when they come back
+        old.retire()  # idle connections now; lent ones when they come back
         return True
 
     def reask(self, name: str, seen: RedisShard, *, demoted: bool = False) -> bool:
@@ -287,14 +333,47 @@ class SentinelClient:
 
     def replica(self, name: str) -> RedisShard:
         """A replica of ``name`` (one of those the sentinels see as healthy), for reads that
-        may be stale; `SentinelError` when there is none."""
+        may be stale; `SentinelError` when there is none. Each replica has one pool, kept
+        while the client lives and closed with it."""
+        found = self.replica_or_none(name)
+        if found is None:
+            raise SentinelError(f"{name!r} has no healthy replica", shard=name)
+        return found
+
+    def replica_or_none(self, name: str) -> RedisShard | None:
+        addresses = self._replicas_of.get(name)
+        if addresses is None:
+            addresses = self._discover_replicas(name)
+        if not addresses:
+            return None
+        address = random.choice(addresses)
+        shard = self._replicas.get(address)
+        if shard is None:
+            with self._lock:
+                if self.closed:
+                    raise ClosedError("this SentinelClient is closed")
+                shard = self._replicas.get(address)
+                if shard is None:
+                    host, _, port = address.rpartition(":")
+                    shard = self._replicas[address] = self._pool_for((host, int(port)))
+        return shard
+
+    def _discover_replicas(self, name: str) -> list[str]:
+        self.current(name)  # an unknown name is an error
         try:
-            replicas = self.sentinel.discover_slaves(name)
+            found = self.sentinel.discover_slaves(name)
         except redis.RedisError as exc:
             raise SentinelError(str(exc), shard=name) from exc
-        if not replicas:
-            raise SentinelError(f"{name!r} has no healthy replica", shard=name)
-        return self._pool_for(random.choice(replicas))
+        addresses = [f"{host}:{port}" for host, port in found]
+        self._replicas_of[name] = addresses
+        return addresses
+
+    def _replica_failed(self, name: str, shard: RedisShard) -> None:
+        # Not asked again at once: the sentinels see a dead replica only after
+        # down-after-milliseconds. The next watcher catch-up or replica event refreshes it.
+        addresses = self._replicas_of.get(name)
+        if addresses and shard.id in addresses:
+            self._replicas_of[name] = [a for a in addresses if a != shard.id]
 
     # --- the watcher -------------------------------------------------------------------------
 
@@ -303,35 +382,44 @@ class SentinelClient:
         """The sentinels whose events the watcher is subscribed to now."""
         return sorted(self._subscribed)
 
-    def _watch(self, sentinel: redis.Redis) -> None:
+    def _watch_one(self, sentinel: redis.Redis) -> None:
         """Follow one sentinel's failover events, reconnecting after any connection problem
         and then asking again about every master (a message may have been missed). One such
         watcher runs per sentinel: only the sentinel leading a failover announces its early
         steps, and any of them may be down."""
         kwargs = sentinel.connection_pool.connection_kwargs
         address = (kwargs["host"], kwargs["port"])
-        while not self._closed.is_set():
-            pubsub = sentinel.pubsub(ignore_subscribe_messages=True)
+        stopping = self._stopping
+        subscribed, listening = self._subscribed, self._listening
+        while not stopping.is_set():
+            pubsub = listening[address] = sentinel.pubsub(ignore_subscribe_messages=True)
             try:
                 pubsub.subscribe(*_EVENTS)
-                self._subscribed.add(address)
+                subscribed.add(address)
                 for name in self.names:
                     self._catch_up(name)
-                while not self._closed.is_set():
+                while not stopping.is_set():
                     message = pubsub.get_message(timeout=0.5)
                     if message is not None:
                         self._on_event(message["channel"], message["data"])
             except (redis.ConnectionError, redis.TimeoutError, OSError, SentinelError):
                 pass
+            except Exception:
+                if not stopping.is_set():
+                    raise
+                # `close` cut the subscription's socket from under this read: done
             finally:
-                self._subscribed.discard(address)
+                subscribed.discard(address)
+                listening.pop(address, None)
                 pubsub.close()
-            self._closed.wait(0.2)
+            stopping.wait(0.2)
 
     def _catch_up(self, name: str) -> None:
         try:
             address, epoch = self.ask(name)
             self._switch(name, address, epoch)
+            if name in self._replicas_of:
+                self._discover_replicas(name)
         except SentinelError as exc:
             logger.warning("shardcache: %s", exc)
 
@@ -340,9 +428,15 @@ class SentinelClient:
         fields = (data.decode() if isinstance(data, bytes) else data).split()
         if channel == "+switch-master" and len(fields) == 5:
             self._promoted(fields[0], (fields[3], int(fields[4])))
+            if fields[0] in self._replicas_of:
+                self._catch_up(fields[0])  # its replicas changed too
         elif len(fields) == 8 and fields[4] == "@" and fields[5] in self._gates:
             # "slave <ip:port> <ip> <port> @ <name> <master ip> <master port>"
-            if channel == "+failover-state-send-slaveof-noone":
+            if channel in _REPLICA_EVENTS and fields[0] == "slave":
+                if fields[5] in self._replicas_of:
+                    with contextlib.suppress(SentinelError):
+                        self._discover_replicas(fields[5])
+            elif channel == "+failover-state-send-slaveof-noone":
                 self._pause(fields[5])
             elif channel == "+promoted-slave":
                 self._promoted(fields[5], (fields[2], int(fields[3])))
@@ -365,10 +459,14 @@ class SentinelClient:
 
     def is_open(self, name: str) -> bool:
         """False while a failover of ``name`` holds commands back (see `wait_if_paused`)."""
+        if not self._watching:
+            self._start_watchers()
         return self._gates[name].is_set()
 
     def wait_if_paused(self, name: str) -> None:
         """Block while a failover of ``name`` is promoting a replica (bounded)."""
+        if not self._watching:
+            self._start_watchers()  # first use in a forked child
         gate = self._gates[name]
         if gate.is_set():
             return
@@ -377,28 +475,44 @@ class SentinelClient:
             gate.set()  # the promotion was not seen in time: go on with what we know
 
     def close(self) -> None:
-        """Stop the watcher and close every pool. Not safe while other threads use it."""
-        self._closed.set()
+        """Stop the watchers (waiting 5 s at most) and close every pool, the replicas'
+        too; later calls raise `ClosedError`."""
+        with self._lock:
+            self.closed = True
+        self._stopping.set()
+        for pubsub in list(self._listening.values()):
+            connection = pubsub.connection
+            if connection is not None:  # wakes its watcher now, not at its next poll
+                with contextlib.suppress(Exception):
+                    connection.disconnect()
+        deadline = time.monotonic() + 5.0
         for watcher in self._watchers:
-            watcher.join(timeout=5)
-        for shard in self._current.values():
+            if watcher is not threading.current_thread():
+                watcher.join(timeout=max(0.0, deadline - time.monotonic()))
+        for shard in [*self._current.values(), *self._replicas.values()]:
             shard.close()
         for sentinel in self.sentinel.sentinels:
             sentinel.close()
 
     # --- the shard protocol ----------------------------------------------------------------
 
-    def shard_for(self, key: bytes, *, read: bool = False) -> SentinelMaster:
-        return self._masters[self._select(key)] if len(self._masters) > 1 else self._masters[0]
+    def shard_for(self, key: bytes, *, read: bool = False) -> Shard:
+        shards: Sequence[Shard] = (
+            self._readers if read and self.read_from_replicas else self._masters
+        )
+        return shards[self._select(key)] if len(shards) > 1 else shards[0]
 
     def group(self, keys: Iterable[bytes], *, read: bool = False) -> dict[Shard, list[list[bytes]]]:
-        if len(self._masters) == 1:
-            return {self._masters[0]: [list(keys)]}
-        runs: list[list[bytes]] = [[] for _ in self._masters]
+        shards: Sequence[Shard] = (
+            self._readers if read and self.read_from_replicas else self._masters
+        )
+        if len(shards) == 1:
+            return {shards[0]: [list(keys)]}
+        runs: list[list[bytes]] = [[] for _ in shards]
         select = self._select
         for key in keys:
             runs[select(key)].append(key)
-        return {master: [run] for master, run in zip(self._masters, runs, strict=True) if run}
+        return {shard: [run] for shard, run in zip(shards, runs, strict=True) if run}
 
     def shards(self) -> list[SentinelMaster]:
         return list(self._masters)
@@ -512,3 +626,96 @@ class _SentinelBatch(RecoveringBatch):
             for i, reply in zip(refused, again, strict=True):
                 replies[i] = reply
         return replies
+
+
+class SentinelReplicaReads:
+    """The reads of one name with ``read_from_replicas``: sent to one of its healthy
+    replicas (they may be a little stale), or to the master when it has none or the replica
+    fails (reads are safe to send twice)."""
+
+    def __init__(self, master: SentinelMaster) -> None:
+        self.master = master
+        self.owner = master.owner
+        self.name = master.name
+        self.id = f"{master.name}/replicas"
+
+    def __repr__(self) -> str:
+        return f"<SentinelReplicaReads {self.name}>"
+
+    def execute(self, *args: Any, key: bytes | None = None, idempotent: bool = False) -> Any:
+        replica = self.owner.replica_or_none(self.name)
+        if replica is None:
+            return self.master.execute(*args, key=key, idempotent=idempotent)
+        try:
+            return replica.execute(*args, key=key, idempotent=idempotent)
+        except ShardUnavailableError as exc:
+            return self.recover(args, key, idempotent, exc, replica)
+
+    def begin(self, commands: Sequence[Sequence[Any]]) -> PendingBatch:
+        replica = self.owner.replica_or_none(self.name)
+        if replica is None:
+            return self.master.begin(commands)
+        return _ReplicaBatch(self, replica, commands)
+
+    def pipeline(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        return self.begin(commands).finish()
+
+    # What `shardcache.aio` needs: the asyncio path reads from the replica natively (or from
+    # the master when there is none: None sends the read through the sync path, in a
+    # thread), and a failed replica hands the read to the master.
+
+    def leaf(self) -> RedisShard | None:
+        return self.owner.replica_or_none(self.name)
+
+    def recoverable(self, error: ShardError) -> bool:
+        return isinstance(error, ShardUnavailableError)
+
+    def recover(
+        self,
+        args: Sequence[Any],
+        key: bytes | None,
+        idempotent: bool,
+        error: ShardError,
+        leaf: RedisShard,
+    ) -> Any:
+        if not isinstance(error, ShardUnavailableError):
+            raise error
+        self.owner._replica_failed(self.name, leaf)
+        return self.master.execute(*args, key=key, idempotent=idempotent)
+
+    def settle(
+        self,
+        commands: Sequence[Sequence[Any]],
+        leaf: RedisShard,
+        outcome: list[Any] | ShardUnavailableError,
+    ) -> list[Any]:
+        return _ReplicaBatch(self, leaf, commands, outcome=outcome).settle(outcome)
+
+    def scan(self, match: bytes, count: int = 1000) -> Iterator[bytes]:
+        return self.master.scan(match, count)
+
+    def client(self) -> redis.Redis:
+        return self.master.client()
+
+    def close(self) -> None:
+        self.master.close()
+
+
+class _ReplicaBatch(RecoveringBatch):
+    """Reads on a replica that, if the replica fails, are read from the master instead."""
+
+    def __init__(
+        self,
+        reads: SentinelReplicaReads,
+        replica: RedisShard,
+        commands: Sequence[Sequence[Any]],
+        *,
+        outcome: list[Any] | ShardUnavailableError | None = None,
+    ) -> None:
+        self.reads = reads
+        self.replica = replica
+        super().__init__(replica, commands, outcome=outcome)
+
+    def recover(self, failure: ShardUnavailableError) -> list[Any]:
+        self.reads.owner._replica_failed(self.reads.name, self.replica)
+        return self.reads.master.pipeline(self.commands)

@@ -21,12 +21,12 @@ from typing import Any
 from django.conf import settings
 
 from shardcache.backends import OPTIONS as TOPOLOGY_OPTIONS
-from shardcache.backends import build_cache
 from shardcache.backends import problems as topology_problems
 from shardcache.config import import_string
 from shardcache.errors import ConfigurationError
 from shardcache.records import MemoryRecordStore, RedisRecordStore
 from shardcache.records.base import BaseRecordStore
+from shardcache.registry import registry
 
 __all__ = ["StoreHandler", "entries", "problems", "stores"]
 
@@ -138,8 +138,8 @@ def build(alias: str, entry: Mapping[str, Any]) -> BaseRecordStore:
     if backend == "redis":
         topology = str(options.get("TOPOLOGY", "hashpool"))
         topo = {k: v for k, v in options.items() if k in TOPOLOGY_OPTIONS[topology]}
-        cache = build_cache(topology, entry.get("LOCATION"), topo)
-        return RedisRecordStore(cache.topology, name=str(options.get("NAME", alias)), **kwargs)
+        shared = registry.topology(topology, entry.get("LOCATION"), topo)
+        return RedisRecordStore(shared, name=str(options.get("NAME", alias)), **kwargs)
     factory = import_string(backend)
     store: BaseRecordStore = factory(**{name.lower(): value for name, value in options.items()})
     return store

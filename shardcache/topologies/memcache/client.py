@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeoutError
 from typing import Any, TypeVar
 
 from pymemcache.exceptions import (
@@ -24,6 +25,7 @@ from pymemcache.exceptions import (
 )
 
 from shardcache.errors import ShardUnavailableError
+from shardcache.lifecycle import Workers
 from shardcache.topologies.memcache.manager import ShardHandle, StaticShardManager
 from shardcache.topologies.memcache.model import (
     NO_EXPIRATION_INCR,
@@ -93,7 +95,7 @@ class ShardedMemcacheClient:
         self.warm_exptime = warm_exptime
         self.warm_max_ttl = warm_max_ttl
         self.skip_down = skip_down
-        self._executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="shardcache-mc")
+        self.workers = Workers("shardcache-memcache", 16)
 
     # --- plumbing -----------------------------------------------------------------------------
 
@@ -133,9 +135,12 @@ class ShardedMemcacheClient:
                 return exc
 
         items = list(groups.items())
-        futures = [self._executor.submit(run, shard, group) for shard, group in items[1:]]
+        futures = [self.workers.submit(run, shard, group) for shard, group in items[1:]]
         results = [run(*items[0])] if items else []
-        results += [future.result() for future in futures]
+        results += [
+            self.wait(future, shard.address if shard else "", len(group))
+            for (shard, group), future in zip(items[1:], futures, strict=True)
+        ]
         return [
             (shard, group, result) for (shard, group), result in zip(items, results, strict=True)
         ]
@@ -526,11 +531,29 @@ class ShardedMemcacheClient:
         return StatResponse({i: {"verbosity": _text(r)} for i, r in done.items()}, errors)
 
     def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
-        """Run ``fn(*args)`` on the client's thread pool (batches of several shards)."""
-        return self._executor.submit(fn, *args)
+        """Run ``fn(*args)`` on the client's worker threads (batches of several shards)."""
+        return self.workers.submit(fn, *args)
+
+    def wait(self, future: Future[T], where: str, calls: int) -> T:
+        """The result of work of ``calls`` server calls on ``shard``, waited for no longer
+        than those calls may take by their timeouts; after that `ShardUnavailableError`."""
+        limit = self.manager.time_limit(calls)
+        try:
+            return future.result(timeout=limit)
+        except FutureTimeoutError:
+            future.cancel()
+            raise ShardUnavailableError(
+                f"memcache shard gave no answer within {limit:g}s", shard=where
+            ) from None
+
+    @property
+    def closed(self) -> bool:
+        return self.workers.closed
 
     def close(self) -> None:
-        self._executor.shutdown(wait=False)
+        """Stop the worker threads and close every connection; later calls raise
+        `ClosedError`."""
+        self.workers.close()
         self.manager.close()
 
 

@@ -24,8 +24,9 @@ from pymemcache.exceptions import (
 )
 
 from shardcache.connections import ConnectionPool
-from shardcache.errors import ConfigurationError
+from shardcache.errors import ClosedError, ConfigurationError
 from shardcache.hashing import Ketama, Rendezvous
+from shardcache.lifecycle import forget_after_fork
 from shardcache.topologies.memcache.model import Item, MemcachedState, ShardState
 
 __all__ = [
@@ -176,6 +177,10 @@ class StaticShardManager:
         self._snapshot = _Snapshot(())
         self._shard_func: ShardFunc = crc32_shard_func
         self.update_shard_states(shards)
+        forget_after_fork(self)
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()  # a parent thread may have held it at the fork
 
     # --- states -----------------------------------------------------------------------------
 
@@ -187,6 +192,8 @@ class StaticShardManager:
         if not wanted:
             raise ConfigurationError("a sharded memcache needs at least one shard")
         with self._lock:
+            if isinstance(self._snapshot, _Closed):
+                raise ClosedError("this memcache client is closed")
             old = self._snapshot.shards
             # Every handle in use now, warm sources outside the list included, by address.
             previous_handles = [*old, *(s.warm_source for s in old if s.warm_source is not None)]
@@ -222,7 +229,7 @@ class StaticShardManager:
         }
         for shard in pools.values():
             if shard.address not in kept:
-                shard.pool.close()
+                shard.pool.retire()  # calls in flight on the old list still finish
 
     def _make_shard_func(self, addresses: list[str]) -> ShardFunc:
         spec = self._shard_func_spec
@@ -254,6 +261,12 @@ class StaticShardManager:
             timeout=connect_timeout,
             name=address,
         )
+
+    def time_limit(self, calls: int) -> float:
+        """The longest ``calls`` server calls on one shard may take by their timeouts (a
+        read-through makes up to three per key): how long a caller waits for a worker."""
+        per_call = self._options["connect_timeout"] + self._options["timeout"]
+        return self._options["connect_timeout"] + (3 * max(1, calls) + 1) * per_call
 
     def mark_unhealthy(self, shard: ShardHandle) -> None:
         shard.unhealthy_until = time.monotonic() + self.retry_timeout
@@ -299,7 +312,10 @@ class StaticShardManager:
         ]
 
     def get_all_shards(self) -> tuple[ShardHandle, ...]:
-        return self._snapshot.shards
+        snapshot = self._snapshot
+        if isinstance(snapshot, _Closed):
+            raise ClosedError("this memcache client is closed")
+        return snapshot.shards
 
     def states(self) -> list[ShardState]:
         return [
@@ -308,7 +324,22 @@ class StaticShardManager:
         ]
 
     def close(self) -> None:
-        for shard in self._snapshot.shards:
+        """Close every pool; later lookups raise `ClosedError` (a shard that would be
+        skipped must not answer as if the client were open either)."""
+        with self._lock:
+            shards = self._snapshot.shards
+            self._snapshot = _Closed()
+        for shard in shards:
             shard.pool.close()
             if shard.warm_source is not None and shard.warm_source.index == -1:
                 shard.warm_source.pool.close()
+
+
+class _Closed(_Snapshot):
+    """The shard list of a closed manager: every lookup raises `ClosedError`."""
+
+    def __init__(self) -> None:
+        super().__init__(())
+
+    def for_key(self, key: bytes, shard_func: ShardFunc) -> ShardHandle | None:
+        raise ClosedError("this memcache client is closed")

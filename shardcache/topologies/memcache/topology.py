@@ -219,6 +219,8 @@ class _Running:
     """A batch for one memcached, started on the client's thread pool when begun."""
 
     def __init__(self, shard: MemcacheShard, commands: Sequence[Sequence[Any]]) -> None:
+        self.shard = shard
+        self.commands = commands
         self.future = shard.memcache.submit(self._run_all, shard, commands)
 
     @staticmethod
@@ -234,7 +236,8 @@ class _Running:
         return replies
 
     def finish(self) -> list[Any]:
-        return self.future.result()  # a ShardUnavailableError fails the whole batch
+        # A ShardUnavailableError fails the whole batch.
+        return self.shard.memcache.wait(self.future, self.shard.id, len(self.commands))
 
 
 class MemcacheTopology:
@@ -276,5 +279,11 @@ class MemcacheTopology:
     def shards(self) -> list[Shard]:
         return [self._shard(h.index, h.address) for h in self.client.manager.get_all_shards()]
 
+    @property
+    def closed(self) -> bool:
+        return self.client.closed
+
     def close(self) -> None:
+        """Stop the client's threads and close its connections; later calls raise
+        `ClosedError`."""
         self.client.close()

@@ -1,0 +1,121 @@
+"""One topology per process per settings, shared by every framework backend object.
+
+Django makes a cache backend object per thread and per ASGI request, and Flask-Caching one per
+app; a topology owns pools, a slot map and background threads, so each of those objects
+building its own would leak them request after request. They all ask `registry` instead:
+
+- `Registry.topology` returns the topology for a backend entry (``kind``, servers, and the
+  options that shape connections: timeouts, pool sizes, TLS, credentials, shard states...),
+  built on first use under a lock and shared afterwards;
+- `Registry.cache` returns a `Cache` over that topology for the entry's codec options
+  (serializer, compressor, signing, ``IGNORE_ERRORS``) and key prefix, shared the same way.
+
+Lifecycle: a shared topology lives until `Registry.close` (called at interpreter exit) or until
+somebody closes it (``cache.close()``); calls through objects that still hold it then raise
+`ClosedError`, and the next lookup builds a fresh one. django-redis keeps a class-level dict of
+connection pools for the same reason; here one registry holds whole topologies, threads and
+asyncio connections included, and closes them.
+"""
+
+from __future__ import annotations
+
+import atexit
+import threading
+from collections.abc import Hashable, Mapping
+from typing import Any
+
+from shardcache.backends import CODEC_OPTIONS, build_cache, build_topology, parse_location
+from shardcache.cache import Cache
+from shardcache.lifecycle import forget_after_fork
+from shardcache.protocols import Topology
+
+__all__ = ["Registry", "registry"]
+
+
+def _frozen(value: Any) -> Hashable:
+    """A hashable stand-in for a setting's value (lists and dicts by content, anything
+    else unhashable by identity)."""
+    if isinstance(value, Mapping):
+        return ("map", tuple(sorted((repr(k), _frozen(v)) for k, v in value.items())))
+    if isinstance(value, list | tuple):
+        return ("seq", tuple(_frozen(v) for v in value))
+    try:
+        hash(value)
+    except TypeError:
+        return ("id", id(value))
+    return (type(value).__name__, value)
+
+
+class Registry:
+    """Shared topologies and caches, keyed by their normalised settings."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._topologies: dict[Hashable, Topology] = {}
+        self._caches: dict[Hashable, Cache] = {}
+        self._kept: list[Any] = []  # settings keyed by identity stay alive with their entry
+        forget_after_fork(self)
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()  # the topologies themselves reset what they own
+
+    @staticmethod
+    def _topology_key(kind: str, location: Any, options: Mapping[str, Any]) -> Hashable:
+        wire = {k: v for k, v in options.items() if k not in CODEC_OPTIONS}
+        return (kind, tuple(parse_location(location)), _frozen(wire))
+
+    def topology(self, kind: str, location: Any, options: Mapping[str, Any]) -> Topology:
+        """The shared topology of a valid backend entry (built now if there is none, or if
+        the one there was closed). Bad settings raise `ConfigurationError`."""
+        key = self._topology_key(kind, location, options)
+        found = self._topologies.get(key)
+        if found is not None and not found.closed:
+            return found
+        with self._lock:
+            return self._topology_locked(key, kind, location, options)
+
+    def _topology_locked(
+        self, key: Hashable, kind: str, location: Any, options: Mapping[str, Any]
+    ) -> Topology:
+        found = self._topologies.get(key)
+        if found is None or found.closed:
+            found = self._topologies[key] = build_topology(kind, location, options)
+            self._kept.append(options)
+        return found
+
+    def cache(
+        self, kind: str, location: Any, options: Mapping[str, Any], *, prefix: str = ""
+    ) -> Cache:
+        """The shared `Cache` of a valid backend entry and key prefix, on the shared topology.
+        Per call this is one dictionary lookup; the first call builds it under a lock."""
+        topology_key = self._topology_key(kind, location, options)
+        codec = {k: v for k, v in options.items() if k in CODEC_OPTIONS}
+        key = (topology_key, _frozen(codec), prefix)
+        found = self._caches.get(key)
+        if found is not None and not found.topology.closed:
+            return found
+        with self._lock:
+            found = self._caches.get(key)
+            if found is None or found.topology.closed:
+                topology = self._topology_locked(topology_key, kind, location, options)
+                found = self._caches[key] = build_cache(topology, options, prefix=prefix)
+        return found
+
+    def topologies(self) -> list[Topology]:
+        """Every shared topology that is open now."""
+        return [topology for topology in self._topologies.values() if not topology.closed]
+
+    def close(self) -> None:
+        """Close every shared topology (their threads stop, their sockets close) and forget
+        them; the next lookup builds new ones."""
+        with self._lock:
+            topologies = list(self._topologies.values())
+            self._topologies.clear()
+            self._caches.clear()
+            self._kept.clear()
+        for topology in topologies:
+            topology.close()
+
+
+registry = Registry()
+atexit.register(registry.close)
