@@ -6,6 +6,8 @@ On the same local servers: our ``ShardedRedisCache`` (3 redis) against django-re
 ``ShardClient`` (same 3) and ``DefaultClient`` (one of them), Django's built-in ``RedisCache``
 (one) and raw redis-py; our ``ShardedMemcacheCache`` (3 memcached) against Django's built-in
 ``PyMemcacheCache`` (same 3). Printed as operations per second and ratios to raw redis-py.
+"request: new + get" is what each thread and ASGI request pays: Django makes it a backend
+object of its own.
 Needs django-redis (``pip install 'shardcache[bench]'``).
 """
 
@@ -59,13 +61,18 @@ def configure(redis_urls: list[str], memcached: list[str]) -> None:
     django.setup()
 
 
-def workload(cache: Any) -> dict[str, Callable[[], Any]]:
+def workload(name: str) -> dict[str, Callable[[], Any]]:
+    from django.core.cache import caches
+
+    cache = caches[name]
     keys = [f"key:{i}" for i in range(100)]
     mapping = dict.fromkeys(keys, VALUE)
     cache.set_many(mapping)
     cache.set("counter", 0)
     return {
         "get": lambda: cache.get("key:7"),
+        # What each thread and ASGI request pays: a backend object of its own, then a get.
+        "request: new + get": lambda: caches.create_connection(name).get("key:7"),
         "set": lambda: cache.set("key:7", VALUE),
         "get_many(100)": lambda: cache.get_many(keys),
         "set_many(100)": lambda: cache.set_many(mapping),
@@ -85,6 +92,7 @@ def raw_workload(client: redis.Redis) -> dict[str, Callable[[], Any]]:
 
     return {
         "get": lambda: client.get("raw:7"),
+        "request: new + get": lambda: client.get("raw:7"),  # one client for the process
         "set": lambda: client.set("raw:7", VALUE),
         "get_many(100)": lambda: client.mget(keys),
         "set_many(100)": set_many,
@@ -97,9 +105,7 @@ def main(argv: list[str] | None = None) -> None:
 
     with StandaloneRedis(3) as pool, MemcachedServers(3) as memcached:
         configure(pool.urls, memcached.addresses)
-        from django.core.cache import caches
-
-        sides = {name: workload(caches[name]) for name in settings.CACHES}
+        sides = {name: workload(name) for name in settings.CACHES}
         sides["raw redis-py"] = raw_workload(redis.Redis.from_url(pool.urls[0]))
         operations = list(sides["raw redis-py"])
         rates: dict[str, dict[str, list[float]]] = {

@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import queue
 import threading
@@ -32,6 +33,8 @@ from shardcache.errors import ClosedError
 __all__ = ["Workers", "end_watch", "forget_after_fork", "until_loop_ends"]
 
 T = TypeVar("T")
+
+_IDLE_LIFETIME = 60.0  # seconds a worker thread waits for work before it ends
 
 
 class _Forkable(Protocol):
@@ -84,7 +87,8 @@ def end_watch(watch: AsyncGenerator[None, None]) -> None:
 
 class Workers:
     """At most ``size`` daemon threads named ``{name}-{n}``, started when work finds none
-    idle. Each ``submit`` returns a `concurrent.futures.Future`."""
+    idle and ended after a minute without any. Each ``submit`` returns a
+    `concurrent.futures.Future`."""
 
     def __init__(self, name: str, size: int) -> None:
         self.name = name
@@ -98,6 +102,7 @@ class Workers:
             queue.SimpleQueue()
         )
         self._threads: list[threading.Thread] = []
+        self._numbers = itertools.count()
         self._idle = threading.Semaphore(0)
         self._lock = threading.Lock()
 
@@ -118,7 +123,7 @@ class Workers:
         with self._lock:
             if len(self._threads) < self.size and not self.closed:
                 thread = threading.Thread(
-                    target=self._work, name=f"{self.name}-{len(self._threads)}", daemon=True
+                    target=self._work, name=f"{self.name}-{next(self._numbers)}", daemon=True
                 )
                 self._threads.append(thread)
                 thread.start()
@@ -126,7 +131,14 @@ class Workers:
     def _work(self) -> None:
         jobs, idle = self._jobs, self._idle
         while True:
-            job = jobs.get()
+            try:
+                job = jobs.get(timeout=_IDLE_LIFETIME)
+            except queue.Empty:
+                if idle.acquire(blocking=False):  # still counted as idle: nobody needs it
+                    with self._lock:
+                        self._threads.remove(threading.current_thread())
+                    return
+                continue  # a job was promised to an idle thread: stay for it
             future, fn, args = job
             if fn is _stop:
                 return

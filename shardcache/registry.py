@@ -32,18 +32,24 @@ from shardcache.protocols import Topology
 __all__ = ["Registry", "registry"]
 
 
+_PLAIN = frozenset({str, int, float, bool, bytes, type(None)})
+
+
 def _frozen(value: Any) -> Hashable:
     """A hashable stand-in for a setting's value (lists and dicts by content, anything
     else unhashable by identity)."""
+    kind = type(value)
+    if kind in _PLAIN:
+        return (kind, value)  # 1 and True and 1.0 stay apart
     if isinstance(value, Mapping):
-        return ("map", tuple(sorted((repr(k), _frozen(v)) for k, v in value.items())))
+        return (dict, tuple(sorted((repr(k), _frozen(v)) for k, v in value.items())))
     if isinstance(value, list | tuple):
-        return ("seq", tuple(_frozen(v) for v in value))
+        return (tuple, tuple(map(_frozen, value)))
     try:
         hash(value)
     except TypeError:
-        return ("id", id(value))
-    return (type(value).__name__, value)
+        return (id, id(value))
+    return (kind, value)
 
 
 class Registry:

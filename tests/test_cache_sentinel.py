@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 import redis
@@ -297,6 +299,53 @@ def test_replica_reads_are_on_request_only(
     replica = client.replica("bucket1")
     assert replica.execute(b"ROLE")[0] == b"slave"
     assert replica.id != client.masters_now()["bucket1"]
+    assert client.replica("bucket1") is replica  # one pool per replica, kept
     with pytest.raises(SentinelError, match="not one of"):
         client.get_master("nope")
-    replica.close()
+    with pytest.raises(SentinelError, match="not one of"):
+        client.replica("nope")
+    client.close()
+    assert replica.closed  # closed with the client
+
+
+def _gets_served(server: Any) -> int:
+    with server.client() as conn:
+        stats = conn.info("commandstats")
+    return sum(int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in ("get", "mget"))
+
+
+def test_read_from_replicas_sends_cache_reads_to_replicas_and_falls_back_to_the_master(
+    clean_redis_sentinel: RedisSentinel,
+) -> None:
+    client = SentinelClient(
+        clean_redis_sentinel.sentinel_addresses,
+        NAMES,
+        connect_timeout=0.5,
+        read_timeout=2,
+        read_from_replicas=True,
+    )
+    cache = Cache(client, prefix="t:")
+    values = {f"k{i}": i for i in range(40)}
+    cache.set_many(values)
+    for name in NAMES:  # replication is asynchronous: wait until the replicas have it all
+        with clean_redis_sentinel.master(name).client() as conn:
+            assert conn.wait(1, 5000) >= 1
+    replicas = [r for name in NAMES for r in clean_redis_sentinel.replicas(name)]
+    masters = [clean_redis_sentinel.master(name) for name in NAMES]
+    before = ([_gets_served(r) for r in replicas], [_gets_served(m) for m in masters])
+    assert cache.get("k3") == 3
+    assert cache.get_many(list(values)) == values
+    assert asyncio.run(cache.aget("k4")) == 4
+    assert asyncio.run(cache.aget_many(list(values))) == values
+    after = ([_gets_served(r) for r in replicas], [_gets_served(m) for m in masters])
+    assert sum(after[0]) - sum(before[0]) >= 4  # gets and mgets, on the replicas
+    assert after[1] == before[1]  # none on the masters
+    assert cache.incr("k1") == 2  # writes still go to the master
+
+    # A replica that stops answering: its reads go to the master, nothing fails.
+    down = clean_redis_sentinel.replicas(NAMES[0])[0]
+    down.stop()
+    assert cache.get_many(list(values)) == {**values, "k1": 2}
+    assert asyncio.run(cache.aget_many(list(values))) == {**values, "k1": 2}
+    assert [cache.get(k) for k in values] == [2 if k == "k1" else v for k, v in values.items()]
+    client.close()

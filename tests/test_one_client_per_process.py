@@ -166,6 +166,7 @@ def test_threaded_server_shares_one_topology(
     assert deployment.connections() <= warm
     assert settles(lambda: threading.active_count() <= baseline_threads)
     assert our_threads() == ours
+    assert all(thread.daemon for thread in ours)
     assert caches["default"].get("hits") == 210
     assert len(TOPOLOGIES_SEEN) == 1
 

@@ -32,6 +32,8 @@ MODULES = [
     "shardcache.testing",
     "shardcache.aio",
     "shardcache.backends",
+    "shardcache.lifecycle",
+    "shardcache.registry",
     "shardcache.records",
     "shardcache.records.base",
     "shardcache.records.memory",
