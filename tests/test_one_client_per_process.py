@@ -13,6 +13,7 @@ import select
 import threading
 import time
 import urllib.request
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -386,3 +387,36 @@ def test_flask_apps_and_django_with_the_same_settings_share_one_topology(
         django_topology = caches["default"].core.topology
     assert {id(b.core.topology) for b in backends} == {id(django_topology)}
     assert len(registry.topologies()) == 1
+
+
+def test_flask_async_views_leave_no_loop_and_no_connection_behind(
+    clean_redis_pool_servers: StandaloneRedis,
+) -> None:
+    from flask import Flask
+    from flask_caching import Cache as FlaskCache
+
+    app = Flask(__name__)
+    cache = FlaskCache(
+        app,
+        config={
+            "CACHE_TYPE": "shardcache_flask.ShardedRedisCache",
+            "CACHE_SHARDCACHE_SERVERS": clean_redis_pool_servers.urls,
+        },
+    )
+    loops: list[Any] = []
+
+    @app.get("/<int:n>")
+    async def view(n: int) -> str:  # Flask runs each in a new event loop (async_to_sync)
+        loops.append(weakref.ref(asyncio.get_running_loop()))
+        core = cache.cache.core
+        await core.aset(f"f{n}", n)
+        found = await core.aget_many([f"f{n}", "absent"])
+        return str(found[f"f{n}"])
+
+    count = _redis_clients(clean_redis_pool_servers.servers)
+    client = app.test_client()
+    before = count()
+    for n in range(200):
+        assert client.get(f"/{n}").text == str(n)
+    assert count() <= before
+    assert settles(lambda: all(loop() is None for loop in loops))

@@ -368,7 +368,8 @@ class SentinelClient:
         self._replicas_of[name] = addresses
         return addresses
 
-    def _replica_failed(self, name: str, shard: RedisShard) -> None:
+    def forget_replica(self, name: str, shard: RedisShard) -> None:
+        """Stop reading from ``shard`` (it failed) until the replica list is refreshed."""
         # Not asked again at once: the sentinels see a dead replica only after
         # down-after-milliseconds. The next watcher catch-up or replica event refreshes it.
         addresses = self._replicas_of.get(name)
@@ -680,7 +681,7 @@ class SentinelReplicaReads:
     ) -> Any:
         if not isinstance(error, ShardUnavailableError):
             raise error
-        self.owner._replica_failed(self.name, leaf)
+        self.owner.forget_replica(self.name, leaf)
         return self.master.execute(*args, key=key, idempotent=idempotent)
 
     def settle(
@@ -717,5 +718,5 @@ class _ReplicaBatch(RecoveringBatch):
         super().__init__(replica, commands, outcome=outcome)
 
     def recover(self, failure: ShardUnavailableError) -> list[Any]:
-        self.reads.owner._replica_failed(self.reads.name, self.replica)
+        self.reads.owner.forget_replica(self.reads.name, self.replica)
         return self.reads.master.pipeline(self.commands)
