@@ -8,9 +8,9 @@ shard's batch sent before any reply is read, so all shards work at once from one
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import math
+import time
 from collections.abc import Generator, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -18,7 +18,7 @@ import redis.lock
 from redis.exceptions import NoScriptError
 
 from shardcache import aio
-from shardcache.codec import MISSING, Codec
+from shardcache.codec import MAX_VALUE_SIZE, MISSING, Codec, Secret
 from shardcache.compressors import COMPRESSORS, Compressor
 from shardcache.config import resolve_strategy
 from shardcache.errors import (
@@ -32,6 +32,7 @@ from shardcache.errors import (
     ShardUnavailableError,
 )
 from shardcache.protocols import PendingBatch, Shard, Topology
+from shardcache.scripts import INCR_EXISTING, INCR_EXISTING_SHA, SWAP, SWAP_SHA
 from shardcache.serializers import SERIALIZERS, Serializer
 
 __all__ = ["Cache"]
@@ -45,14 +46,8 @@ Steps = Generator[tuple[Any, ...], Any, T]
 _EXEC, _PIPE, _FAN = "exec", "pipe", "fan"
 KeyT = TypeVar("KeyT", bound=str | bytes)
 
-# INCRBY only if the key exists, in one atomic step (INCRBY alone would create it at 0).
-_INCR_EXISTING = b"""
-if redis.call('EXISTS', KEYS[1]) == 1 then
-    return redis.call('INCRBY', KEYS[1], ARGV[1])
-end
-return false
-"""
-_INCR_SHA = hashlib.sha1(_INCR_EXISTING).hexdigest().encode()
+_SCRIPTS = {INCR_EXISTING_SHA: INCR_EXISTING, SWAP_SHA: SWAP}
+_SWAP_BUDGET = 30.0  # seconds a signed incr may spend losing compare-and-sets to other writers
 
 _GLOB_SPECIAL = frozenset(b"*?[]\\")
 _SCAN_BATCH = 1000
@@ -66,8 +61,11 @@ class Cache:
     `clear` removes only keys under it. ``serializer`` is ``"pickle"`` (default), ``"json"``,
     ``"msgpack"``, a dotted path, a class or an instance; ``compressor`` is ``None``,
     ``"zlib"``, ``"zstd"``, ``"lz4"`` or the same kinds of object, applied to values of at
-    least ``compress_threshold`` bytes. With ``signing_secret`` every value is signed
-    (HMAC-SHA256) and one that fails the check is a miss, never unpickled.
+    least ``compress_threshold`` bytes. With ``signing_secret`` (one secret, or a list whose
+    first signs and all verify) every value is signed (HMAC-SHA256), integers included, and
+    one that fails the check is a miss, never unpickled; ``incr`` is then a compare-and-set
+    (two round trips, more while other writers race on the same key). A value that would
+    serialize or decompress past ``max_value_size`` bytes (64 MiB) is refused or unreadable.
 
     A value that cannot be decoded is a miss plus a logged warning. With
     ``ignore_errors=True`` an unreachable shard is too: reads miss, writes return False.
@@ -81,7 +79,8 @@ class Cache:
         serializer: str | Serializer | type[Serializer] = "pickle",
         compressor: str | Compressor | type[Compressor] | None = None,
         compress_threshold: int = 1024,
-        signing_secret: str | bytes | None = None,
+        signing_secret: Secret | Sequence[Secret] | None = None,
+        max_value_size: int = MAX_VALUE_SIZE,
         ignore_errors: bool = False,
     ) -> None:
         if not isinstance(topology, Topology):
@@ -95,6 +94,7 @@ class Cache:
             else resolve_strategy(compressor, COMPRESSORS, "compressor"),
             compress_threshold=compress_threshold,
             signing_secret=signing_secret,
+            max_value_size=max_value_size,
         )
         self.ignore_errors = ignore_errors
 
@@ -315,19 +315,15 @@ class Cache:
 
     def _incr(self, key: Key, delta: int, create: bool) -> Steps[int]:
         k = self.make_key(key)
+        if self.codec.signed:
+            return (yield from self._incr_signed(key, k, delta, create))
         shard = self.topology.shard_for(k)
         result: Any
         try:
             if create:
                 result = yield (_EXEC, shard, (b"INCRBY", k, delta), k, False)
             else:
-                try:
-                    result = yield (_EXEC, shard, (b"EVALSHA", _INCR_SHA, 1, k, delta), k, False)
-                except CommandError as exc:
-                    if not isinstance(exc.reply, NoScriptError):
-                        raise
-                    script = (b"EVAL", _INCR_EXISTING, 1, k, delta)
-                    result = yield (_EXEC, shard, script, k, False)
+                result = yield from self._script(shard, k, INCR_EXISTING_SHA, delta)
         except CommandError as exc:
             if "not an integer" in str(exc):
                 raise NotAnIntegerError(f"{key!r} does not hold an integer: {exc}") from exc
@@ -338,6 +334,56 @@ class Cache:
         if result is None:
             raise MissingKeyError(f"key {key!r} not found")
         return int(result)
+
+    def _incr_signed(self, key: Key, k: bytes, delta: int, create: bool) -> Steps[int]:
+        # The server cannot sign, so it cannot add: read and check the signed counter, then
+        # swap in the new one only if nobody changed it meanwhile (else read again).
+        shard = self.topology.shard_for(k)
+        deadline = time.monotonic() + _SWAP_BUDGET
+        absent = 0
+        try:
+            while True:
+                raw = yield (_EXEC, shard, (b"GET", k), k, True)
+                value = MISSING
+                if raw is not None:
+                    try:
+                        value = self.codec.decode(raw, k)
+                    except SerializationError as exc:
+                        self._warn_unreadable(k, exc)  # planted or foreign: not a counter
+                if value is MISSING and not create:
+                    raise MissingKeyError(f"key {key!r} not found")
+                if value is not MISSING and type(value) is not int:
+                    raise NotAnIntegerError(f"{key!r} does not hold an integer")
+                new = delta if value is MISSING else value + delta
+                data = self.codec.encode(new, k)
+                if raw is None:
+                    done = yield (_EXEC, shard, (b"SET", k, data, b"NX"), k, False)
+                    absent = 0 if done else absent + 1
+                    if absent > 1:  # NX keeps failing on a key that reads as absent
+                        raise MissingKeyError(f"key {key!r} cannot be created here")
+                else:
+                    done = yield from self._script(shard, k, SWAP_SHA, raw, data)
+                if done:
+                    return new
+                if time.monotonic() > deadline:
+                    raise CommandError(
+                        f"incr gave up after {_SWAP_BUDGET:g}s of conflicting writers",
+                        shard=getattr(shard, "id", ""),
+                        key=k,
+                    )
+        except ShardUnavailableError as exc:
+            self._unavailable(exc, None)
+            raise MissingKeyError(f"key {key!r} not found") from exc
+
+    def _script(self, shard: Shard, k: bytes, sha: bytes, *args: Any) -> Steps[Any]:
+        """Run one of `shardcache.scripts` on ``k``'s shard: by its SHA, then whole if the
+        server does not know it yet."""
+        try:
+            return (yield (_EXEC, shard, (b"EVALSHA", sha, 1, k, *args), k, False))
+        except CommandError as exc:
+            if not isinstance(exc.reply, NoScriptError):
+                raise
+        return (yield (_EXEC, shard, (b"EVAL", _SCRIPTS[sha], 1, k, *args), k, False))
 
     def touch(self, key: Key, ttl: float | None = None) -> bool:
         """Give ``key`` a new time to live (``None``: no expiry); True if the key exists."""

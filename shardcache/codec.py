@@ -1,15 +1,23 @@
 """How a value is stored: plain integers, or a one-byte header and a serialized payload.
 
-Integers (``type(v) is int``) are stored as their decimal digits so that INCR/DECR work on
-them and ``get`` returns an int. Everything else is::
+Unsigned, integers (``type(v) is int``) are stored as their decimal digits so that INCR/DECR
+work on them and ``get`` returns an int. Everything else is::
 
     header (1 byte) [HMAC-SHA256 (32 bytes), when signed] payload
 
 The header is ``0b101S_SSCC``-shaped: ``0xA0`` tags it (never an ASCII digit or ``-``, so never
 mistaken for an integer), bit 4 says "signed", bits 2-3 name the serializer and bits 0-1 the
 compressor (0 = none). A reader therefore decompresses whatever the writer chose, so the
-compression settings can change at any time. The signature covers the key as well as the
-value, so a signed value cannot be replayed under another key.
+compression settings can change at any time.
+
+Signed (``signing_secret``), every value carries the signature, integers included: a signed
+cache never returns bytes that someone without the secret wrote, and ``incr`` works by
+compare-and-set (`shardcache.cache`). The HMAC covers the length-prefixed key, then the header
+and payload, so a value cannot be replayed under another key. Several secrets may be given:
+the first signs, every one verifies, so a secret can be rotated without emptying the cache.
+
+Decompressed payloads and serialized values are bounded by ``max_value_size``: a stored value
+past it (a compression bomb) is unreadable, not a 600 MB allocation.
 """
 
 from __future__ import annotations
@@ -23,7 +31,12 @@ from shardcache.compressors import COMPRESSORS, Compressor, ZlibCompressor
 from shardcache.errors import ConfigurationError, SerializationError
 from shardcache.serializers import Serializer
 
-__all__ = ["MISSING", "Codec"]
+__all__ = ["MAX_VALUE_SIZE", "MISSING", "Codec"]
+
+MAX_VALUE_SIZE = 64 * 1024 * 1024
+"""The default bound on a value's serialized (and decompressed) size: 64 MiB."""
+
+Secret = str | bytes
 
 MISSING: Any = object()
 """Stands for "no value" in `Codec.decode_batch` results: the key was absent or unreadable."""
@@ -44,33 +57,41 @@ class Codec:
         *,
         compressor: Compressor | None = None,
         compress_threshold: int = 1024,
-        signing_secret: bytes | str | None = None,
+        signing_secret: Secret | Sequence[Secret] | None = None,
+        max_value_size: int = MAX_VALUE_SIZE,
     ) -> None:
         if compress_threshold < 0:
             raise ConfigurationError("compress_threshold must be >= 0")
-        if isinstance(signing_secret, str):
-            signing_secret = signing_secret.encode()
-        if signing_secret is not None and len(signing_secret) < 16:
-            raise ConfigurationError("signing_secret must be at least 16 bytes long")
+        if max_value_size < 1:
+            raise ConfigurationError("max_value_size must be at least 1 byte")
+        secrets = _secrets(signing_secret)
         self.serializer = serializer
         self.compressor = compressor
         self.compress_threshold = compress_threshold
-        self._secret = signing_secret
-        self._header_base = TAG | (SIGNED if signing_secret else 0) | (serializer.id << 2)
+        self.max_value_size = max_value_size
+        self._secret = secrets[0] if secrets else None
+        self._secrets = secrets
+        self.signed = bool(secrets)
+        self._header_base = TAG | (SIGNED if secrets else 0) | (serializer.id << 2)
         # What most stored values start with: our serializer, unsigned, not compressed.
-        self._plain_header = -1 if signing_secret else TAG | (serializer.id << 2)
+        self._plain_header = -1 if secrets else TAG | (serializer.id << 2)
         self._loads = serializer.loads
         self._decompressors: dict[int, Compressor] = {ZlibCompressor.id: ZlibCompressor()}
         if compressor is not None:
             self._decompressors[compressor.id] = compressor
 
     def encode(self, value: Any, key: bytes) -> bytes:
-        if type(value) is int:
+        if type(value) is int and self._secret is None:
             return b"%d" % value
         try:
             payload = self.serializer.dumps(value)
         except Exception as exc:
             raise SerializationError(f"cannot serialize {type(value).__name__}: {exc}") from exc
+        if len(payload) > self.max_value_size:
+            raise SerializationError(
+                f"value too large: {len(payload)} bytes serialized, "
+                f"max_value_size is {self.max_value_size}"
+            )
         header = self._header_base
         compressor = self.compressor
         if compressor is not None and len(payload) >= self.compress_threshold:
@@ -123,6 +144,8 @@ class Codec:
         header = data[0]
         if header & TAG_MASK != TAG:
             if header in _DIGIT_START:
+                if self._secret is not None:
+                    raise SerializationError("unsigned value where signed values are required")
                 try:
                     return int(data)
                 except ValueError:
@@ -131,9 +154,7 @@ class Codec:
         body = data[1:]
         if header & SIGNED:
             signature, body = body[:SIGNATURE_SIZE], body[SIGNATURE_SIZE:]
-            if self._secret is not None and not hmac.compare_digest(
-                signature, self._sign(key, data[:1], body)
-            ):
+            if self._secret is not None and not self._verify(signature, key, data[:1], body):
                 raise SerializationError("signature mismatch: value tampered with or foreign")
         elif self._secret is not None:
             raise SerializationError("unsigned value where signed values are required")
@@ -141,16 +162,23 @@ class Codec:
             raise SerializationError(f"written by another serializer (id {(header >> 2) & 0x3})")
         try:
             if header & 0x3:
-                body = self._decompressor(header & 0x3).decompress(body)
+                body = self._decompressor(header & 0x3).decompress(body, self.max_value_size)
             return self._loads(body)
         except SerializationError:
             raise
         except Exception as exc:
             raise SerializationError(f"cannot decode: {exc!r}") from exc
 
-    def _sign(self, key: bytes, head: bytes, payload: bytes) -> bytes:
-        assert self._secret is not None
-        return hmac.new(self._secret, key + b"\0" + head + payload, hashlib.sha256).digest()
+    def _sign(self, key: bytes, head: bytes, payload: bytes, secret: bytes | None = None) -> bytes:
+        # Length-prefixed key, so no (key, value) pair signs the same bytes as another.
+        message = len(key).to_bytes(4, "big") + key + head + payload
+        return hmac.new(secret or self._secret or b"", message, hashlib.sha256).digest()
+
+    def _verify(self, signature: bytes, key: bytes, head: bytes, payload: bytes) -> bool:
+        return any(
+            hmac.compare_digest(signature, self._sign(key, head, payload, secret))
+            for secret in self._secrets
+        )
 
     def _decompressor(self, compressor_id: int) -> Compressor:
         found = self._decompressors.get(compressor_id)
@@ -164,3 +192,16 @@ class Codec:
         if found is None:
             raise SerializationError(f"unknown compressor id {compressor_id}")
         return found
+
+
+def _secrets(given: Secret | Sequence[Secret] | None) -> list[bytes]:
+    """``signing_secret`` as a list of bytes, newest first (each 16 bytes at least)."""
+    if given is None:
+        return []
+    listed = [given] if isinstance(given, str | bytes) else list(given)
+    secrets = [s.encode() if isinstance(s, str) else bytes(s) for s in listed]
+    if not secrets or any(len(s) < 16 for s in secrets):
+        raise ConfigurationError(
+            "signing_secret must be at least 16 bytes long (each one, when several are given)"
+        )
+    return secrets

@@ -9,7 +9,7 @@ import zlib
 from types import ModuleType
 from typing import ClassVar
 
-from shardcache.errors import ConfigurationError
+from shardcache.errors import ConfigurationError, SerializationError
 
 __all__ = ["COMPRESSORS", "Compressor", "Lz4Compressor", "ZlibCompressor", "ZstdCompressor"]
 
@@ -29,8 +29,14 @@ class Compressor:
     def compress(self, data: bytes) -> bytes:
         raise NotImplementedError(f"{type(self).__name__}.compress")
 
-    def decompress(self, data: bytes) -> bytes:
+    def decompress(self, data: bytes, max_size: int) -> bytes:
+        """``data`` decompressed; `SerializationError` as soon as it would pass ``max_size``
+        bytes (so a small bomb never becomes a large allocation)."""
         raise NotImplementedError(f"{type(self).__name__}.decompress")
+
+
+def _too_large(max_size: int) -> SerializationError:
+    return SerializationError(f"value too large: decompresses past max_value_size {max_size}")
 
 
 class ZlibCompressor(Compressor):
@@ -42,8 +48,14 @@ class ZlibCompressor(Compressor):
     def compress(self, data: bytes) -> bytes:
         return zlib.compress(data, self.level)
 
-    def decompress(self, data: bytes) -> bytes:
-        return zlib.decompress(data)
+    def decompress(self, data: bytes, max_size: int) -> bytes:
+        stream = zlib.decompressobj()
+        out = stream.decompress(data, max_size + 1)
+        if len(out) > max_size or stream.unconsumed_tail:
+            raise _too_large(max_size)
+        if not stream.eof:
+            raise SerializationError("truncated zlib data")
+        return out
 
 
 class ZstdCompressor(Compressor):
@@ -59,8 +71,20 @@ class ZstdCompressor(Compressor):
     def compress(self, data: bytes) -> bytes:
         return self._compressor.compress(data)  # type: ignore[no-any-return]
 
-    def decompress(self, data: bytes) -> bytes:
-        return self._decompressor.decompress(data)  # type: ignore[no-any-return]
+    def decompress(self, data: bytes, max_size: int) -> bytes:
+        # A stream read, so a frame header announcing a huge size allocates nothing.
+        parts: list[bytes] = []
+        size = 0
+        with self._decompressor.stream_reader(data) as reader:
+            while size <= max_size:
+                part: bytes = reader.read(max_size + 1 - size)
+                if not part:
+                    break
+                parts.append(part)
+                size += len(part)
+        if size > max_size:
+            raise _too_large(max_size)
+        return b"".join(parts)
 
 
 class Lz4Compressor(Compressor):
@@ -74,8 +98,12 @@ class Lz4Compressor(Compressor):
     def compress(self, data: bytes) -> bytes:
         return self._frame.compress(data)  # type: ignore[no-any-return]
 
-    def decompress(self, data: bytes) -> bytes:
-        return self._frame.decompress(data)  # type: ignore[no-any-return]
+    def decompress(self, data: bytes, max_size: int) -> bytes:
+        stream = self._frame.LZ4FrameDecompressor()
+        out: bytes = stream.decompress(data, max_length=max_size + 1)
+        if len(out) > max_size or not stream.eof:
+            raise _too_large(max_size)
+        return out
 
 
 COMPRESSORS: dict[str, type[Compressor]] = {

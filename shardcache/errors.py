@@ -32,6 +32,8 @@ Builtin names such as ``ConnectionError`` and ``TimeoutError`` are never reused.
 
 from __future__ import annotations
 
+import pickle
+
 __all__ = [
     "BinaryNotFoundError",
     "ClosedError",
@@ -84,9 +86,10 @@ class NotAnIntegerError(ShardcacheError, TypeError):
     """``incr``/``decr`` of a value that is not an integer (Django expects a TypeError)."""
 
 
-class SerializationError(ShardcacheError):
+class SerializationError(ShardcacheError, pickle.PickleError):
     """A value cannot be serialized, or stored bytes cannot be decoded (corrupt, unsigned,
-    tampered, or written by an unknown serializer)."""
+    tampered, too large, or written by an unknown serializer). Also a ``pickle.PickleError``,
+    which is what Django expects from ``set`` of a value that cannot be pickled."""
 
 
 class ShardError(ShardcacheError):

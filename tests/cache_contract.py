@@ -10,9 +10,12 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import pickle
 import threading
 import time
+import tracemalloc
 import weakref
+import zlib
 from collections.abc import Callable
 from datetime import date
 from typing import Any
@@ -21,10 +24,11 @@ import pytest
 import redis
 
 from shardcache import Cache, ClosedError, InvalidKeyError, MissingKeyError, NotAnIntegerError
-from shardcache.errors import ConfigurationError
+from shardcache.errors import ConfigurationError, SerializationError
 from tests.process import open_sockets, our_threads, settles
 
 RawClient = Callable[[bytes], redis.Redis]
+SECRET = "0123456789abcdef: integrity"
 
 VALUES: list[Any] = [
     "text",
@@ -81,8 +85,12 @@ class CacheContract:
 
     def test_integers_are_plain_on_the_server(self, cache: Cache, raw: RawClient) -> None:
         cache.set("n", 41)
-        assert raw(b"t:n").get(b"t:n") == b"41"
-        assert raw(b"t:n").incr(b"t:n") == 42
+        if cache.codec.signed:  # signed like any value: nobody else can count for us
+            assert raw(b"t:n").get(b"t:n") != b"41"
+            assert cache.incr("n") == 42
+        else:
+            assert raw(b"t:n").get(b"t:n") == b"41"
+            assert raw(b"t:n").incr(b"t:n") == 42
         assert cache.get("n") == 42
 
     def test_set_with_ttl_expires(self, cache: Cache) -> None:
@@ -429,3 +437,67 @@ class CacheContract:
         loop.close()
         assert settles(lambda: our_threads() <= self.threads_before), our_threads()
         assert settles(lambda: open_sockets() <= self.sockets_before)
+
+    # --- integrity: a server that someone else can write to ------------------------------------
+
+    def test_a_signed_cache_reads_planted_data_as_a_miss(
+        self, cache: Cache, raw: RawClient
+    ) -> None:
+        signed = Cache(cache.topology, prefix="t:", signing_secret=SECRET, compressor="zlib")
+        signed.set("mine", {"admin": False})
+        signed.set("count", 5)
+        planted = {
+            b"t:int1": b"1",
+            b"t:int2": b"-7",
+            b"t:int3": b"1_0\n",
+            b"t:pickle": b"\xa0" + pickle.dumps({"admin": True}),
+            b"t:bomb": b"\xa1" + zlib.compress(pickle.dumps(b"\0" * 20_000_000)),
+            b"t:moved": raw(b"t:mine").get(b"t:mine"),  # signed, but for another key
+            b"t:moved_count": raw(b"t:count").get(b"t:count"),
+        }
+        for key, data in planted.items():
+            raw(key).set(key, data)
+        names = [key[2:].decode() for key in planted]
+        assert [signed.get(name) for name in names] == [None] * len(names)
+        assert signed.get_many(names) == {}
+        assert asyncio.run(signed.aget_many(names)) == {}
+        for name in ("int1", "pickle", "moved_count"):
+            with pytest.raises(MissingKeyError):
+                signed.incr(name)
+        assert signed.incr("int2", create=True) == 1  # a forged counter starts again
+        assert signed.get("mine") == {"admin": False}
+        assert signed.incr("count", 2) == 7
+        rotated = Cache(cache.topology, prefix="t:", signing_secret=["a newer secret!!", SECRET])
+        assert rotated.get("mine") == {"admin": False}  # old secrets still verify
+        rotated.set("mine", {"admin": False, "v": 2})
+        assert signed.get("mine") is None  # the new secret signs
+
+    def test_a_compression_bomb_is_a_miss_within_max_value_size(
+        self, cache: Cache, raw: RawClient
+    ) -> None:
+        bounded = Cache(cache.topology, prefix="t:", max_value_size=1_000_000)
+        raw(b"t:bomb").set(b"t:bomb", b"\xa1" + zlib.compress(pickle.dumps(b"\0" * 50_000_000)))
+        tracemalloc.start()
+        try:
+            assert bounded.get("bomb") is None
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert peak < 10_000_000
+        with pytest.raises(SerializationError, match="too large"):
+            bounded.set("big", b"x" * 2_000_000)
+
+    def test_signed_incr_is_exact_under_16_threads(self, cache: Cache) -> None:
+        signed = Cache(cache.topology, prefix="t:", signing_secret=SECRET)
+        signed.set("hits", 0, ttl=600)
+
+        def bump() -> None:
+            for _ in range(500):
+                signed.incr("hits")
+
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            for future in [pool.submit(bump) for _ in range(16)]:
+                future.result(timeout=300)
+        assert signed.get("hits") == 16 * 500
+        assert 0 < (signed.ttl("hits") or 0) <= 600  # the time to live was kept
+        assert signed.decr("hits", 8000) == 0

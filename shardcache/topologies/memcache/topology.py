@@ -22,6 +22,7 @@ import redis
 
 from shardcache.errors import CommandError, ConfigurationError, ShardUnavailableError
 from shardcache.protocols import Shard
+from shardcache.scripts import INCR_EXISTING_SHA, SWAP_SHA, sha_of
 from shardcache.topologies.memcache.client import ShardedMemcacheClient
 from shardcache.topologies.memcache.model import (
     NO_EXPIRATION_INCR,
@@ -172,9 +173,31 @@ class MemcacheShard:
             return -2
         return -1 if ttl < 0 else ttl * 1000
 
-    def _cmd_evalsha(self, sha: bytes, count: int, key: bytes, delta: int) -> int | None:
-        # The cache layer's only script: INCRBY an existing key. On memcache, incr/decr.
-        return self._count(key, int(delta), create=False)
+    def _cmd_evalsha(self, sha: bytes, count: int, key: bytes, *args: Any) -> Any:
+        # The cache layer's scripts (`shardcache.scripts`), each by its memcache equivalent.
+        if sha == INCR_EXISTING_SHA:
+            return self._count(key, int(args[0]), create=False)
+        if sha == SWAP_SHA:
+            return self._swap(key, args[0], args[1])
+        raise CommandError(f"script {sha.decode()} has no memcache equivalent", shard=self.id)
+
+    def _swap(self, key: bytes, expected: bytes, new: bytes) -> int:
+        """SWAP: replace ``expected`` by ``new``, keeping the time to live (gets, then cas)."""
+        found = self.memcache.gets(key)
+        self._check(found, key)
+        shard = self.memcache.manager.get_shard(key)
+        if found.value != expected or not found.cas or shard is None:
+            return 0
+        try:
+            ttl = self.memcache.remaining_ttl(shard, key)
+        except ShardUnavailableError as exc:
+            raise ShardUnavailableError(str(exc), shard=self.id, key=key) from exc
+        if ttl is None:
+            return 0  # expired meanwhile
+        item = Item(key, new, found.flags, found.cas, expiration=max(ttl, 0))
+        response = self.memcache.set(item)
+        self._check(response, key)
+        return 1 if response.ok else 0
 
     def _cmd_incrby(self, key: bytes, delta: int) -> int | None:
         # A missing key starts at delta (memcached counts are unsigned: at 0 if negative).
@@ -197,8 +220,8 @@ class MemcacheShard:
             return None  # incr on a non-ACTIVE shard is a missing key
         return response.count
 
-    def _cmd_eval(self, script: bytes, count: int, key: bytes, delta: int) -> int | None:
-        return self._cmd_evalsha(script, count, key, delta)
+    def _cmd_eval(self, script: bytes, count: int, key: bytes, *args: Any) -> Any:
+        return self._cmd_evalsha(sha_of(script), count, key, *args)
 
     def _cmd_flushdb(self) -> bytes:
         shard = self.memcache.manager.get_all_shards()[self.index]
