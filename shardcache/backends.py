@@ -25,6 +25,7 @@ from shardcache import (
     ShardState,
     StaticShardManager,
 )
+from shardcache.codec import MAX_VALUE_SIZE
 from shardcache.compressors import COMPRESSORS
 from shardcache.config import RedisAddress, import_string, resolve_strategy
 from shardcache.errors import ConfigurationError
@@ -45,6 +46,7 @@ __all__ = [
 # What a `Cache` applies to values; every other option shapes the topology's connections.
 CODEC_OPTIONS = frozenset(
     {"SERIALIZER", "COMPRESSOR", "COMPRESS_THRESHOLD", "SIGNING_SECRET", "IGNORE_ERRORS"}
+    | {"MAX_VALUE_SIZE"}
 )
 _CODEC = CODEC_OPTIONS
 _REDIS = {"CONNECT_TIMEOUT", "SOCKET_TIMEOUT", "MAX_CONNECTIONS", "USERNAME", "PASSWORD"}
@@ -233,5 +235,6 @@ def build_cache(topology: Topology, options: Mapping[str, Any], *, prefix: str =
         compressor=o.get("COMPRESSOR"),
         compress_threshold=int(o.get("COMPRESS_THRESHOLD", 1024)),
         signing_secret=o.get("SIGNING_SECRET"),
+        max_value_size=int(o.get("MAX_VALUE_SIZE", MAX_VALUE_SIZE)),
         ignore_errors=bool(o.get("IGNORE_ERRORS", False)),
     )

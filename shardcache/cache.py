@@ -27,9 +27,11 @@ from shardcache.errors import (
     InvalidKeyError,
     MissingKeyError,
     NotAnIntegerError,
+    OutOfRangeError,
     SerializationError,
     ShardError,
     ShardUnavailableError,
+    key_text,
 )
 from shardcache.protocols import PendingBatch, Shard, Topology
 from shardcache.scripts import INCR_EXISTING, INCR_EXISTING_SHA, SWAP, SWAP_SHA
@@ -47,6 +49,7 @@ _EXEC, _PIPE, _FAN = "exec", "pipe", "fan"
 KeyT = TypeVar("KeyT", bound=str | bytes)
 
 _SCRIPTS = {INCR_EXISTING_SHA: INCR_EXISTING, SWAP_SHA: SWAP}
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _SWAP_BUDGET = 30.0  # seconds a signed incr may spend losing compare-and-sets to other writers
 
 _GLOB_SPECIAL = frozenset(b"*?[]\\")
@@ -124,7 +127,9 @@ class Cache:
 
     @staticmethod
     def _warn_unreadable(key: bytes, exc: SerializationError) -> None:
-        logger.warning("shardcache: unreadable value under %r treated as a miss: %s", key, exc)
+        logger.warning(
+            "shardcache: unreadable value under %s treated as a miss: %s", key_text(key), exc
+        )
 
     def _unavailable(self, exc: ShardUnavailableError, fallback: T) -> T:
         if not self.ignore_errors:
@@ -315,6 +320,8 @@ class Cache:
 
     def _incr(self, key: Key, delta: int, create: bool) -> Steps[int]:
         k = self.make_key(key)
+        if not _INT64_MIN <= delta <= _INT64_MAX:
+            raise OutOfRangeError(f"delta {delta} is outside the servers' 64-bit counters")
         if self.codec.signed:
             return (yield from self._incr_signed(key, k, delta, create))
         shard = self.topology.shard_for(k)
@@ -325,14 +332,16 @@ class Cache:
             else:
                 result = yield from self._script(shard, k, INCR_EXISTING_SHA, delta)
         except CommandError as exc:
+            if "overflow" in str(exc):
+                raise OutOfRangeError(f"incr of {key_text(key)} by {delta} would overflow") from exc
             if "not an integer" in str(exc):
-                raise NotAnIntegerError(f"{key!r} does not hold an integer: {exc}") from exc
+                raise NotAnIntegerError(f"{key_text(key)} does not hold an integer: {exc}") from exc
             raise
         except ShardUnavailableError as exc:
             self._unavailable(exc, None)
             result = None
         if result is None:
-            raise MissingKeyError(f"key {key!r} not found")
+            raise MissingKeyError(f"key {key_text(key)} not found")
         return int(result)
 
     def _incr_signed(self, key: Key, k: bytes, delta: int, create: bool) -> Steps[int]:
@@ -351,16 +360,16 @@ class Cache:
                     except SerializationError as exc:
                         self._warn_unreadable(k, exc)  # planted or foreign: not a counter
                 if value is MISSING and not create:
-                    raise MissingKeyError(f"key {key!r} not found")
+                    raise MissingKeyError(f"key {key_text(key)} not found")
                 if value is not MISSING and type(value) is not int:
-                    raise NotAnIntegerError(f"{key!r} does not hold an integer")
+                    raise NotAnIntegerError(f"{key_text(key)} does not hold an integer")
                 new = delta if value is MISSING else value + delta
                 data = self.codec.encode(new, k)
                 if raw is None:
                     done = yield (_EXEC, shard, (b"SET", k, data, b"NX"), k, False)
                     absent = 0 if done else absent + 1
                     if absent > 1:  # NX keeps failing on a key that reads as absent
-                        raise MissingKeyError(f"key {key!r} cannot be created here")
+                        raise MissingKeyError(f"key {key_text(key)} cannot be created here")
                 else:
                     done = yield from self._script(shard, k, SWAP_SHA, raw, data)
                 if done:
@@ -373,7 +382,7 @@ class Cache:
                     )
         except ShardUnavailableError as exc:
             self._unavailable(exc, None)
-            raise MissingKeyError(f"key {key!r} not found") from exc
+            raise MissingKeyError(f"key {key_text(key)} not found") from exc
 
     def _script(self, shard: Shard, k: bytes, sha: bytes, *args: Any) -> Steps[Any]:
         """Run one of `shardcache.scripts` on ``k``'s shard: by its SHA, then whole if the

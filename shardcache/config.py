@@ -7,6 +7,7 @@ into typed values here, and a bad one fails at once with a `ConfigurationError` 
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -21,7 +22,7 @@ from redis.connection import (
 
 from shardcache.errors import ConfigurationError
 
-__all__ = ["RedisAddress", "import_string", "resolve_strategy"]
+__all__ = ["RedisAddress", "import_string", "mask_url", "resolve_strategy"]
 
 T = TypeVar("T")
 
@@ -54,11 +55,13 @@ class RedisAddress:
             return cls._parse_host_port(text, text)
         database = urlsplit(text).path.strip("/")
         if not text.startswith("unix:") and database and not database.isdigit():
-            raise ConfigurationError(f"bad database number {database!r} in {text!r}")
+            shown = mask_url(text)
+            raise ConfigurationError(f"bad database number {database!r} in {shown!r}")
         try:
             parsed = parse_url(text)  # redis-py's parser: credentials, db, TLS, query options
         except ValueError as exc:
-            raise ConfigurationError(f"bad Redis URL {text!r}: {exc}") from exc
+            shown = mask_url(text)
+            raise ConfigurationError(f"bad Redis URL {shown!r}: {mask_url(str(exc))}") from None
         return cls(
             host=parsed.get("host", "127.0.0.1"),
             port=int(parsed.get("port", 6379)),
@@ -78,9 +81,10 @@ class RedisAddress:
         try:
             number = int(port)
         except ValueError:
-            raise ConfigurationError(f"bad port in Redis address {original!r}") from None
+            raise ConfigurationError(f"bad port in Redis address {mask_url(original)!r}") from None
         if not host or not 0 < number < 65536:
-            raise ConfigurationError(f"bad Redis address {original!r}: expected host:port")
+            shown = mask_url(original)
+            raise ConfigurationError(f"bad Redis address {shown!r}: expected host:port")
         return cls(host=host, port=number)
 
     def connection_kwargs(self, **options: Any) -> dict[str, Any]:
@@ -99,6 +103,18 @@ class RedisAddress:
             for ssl_only in [name for name in kwargs if name.startswith("ssl_")]:
                 kwargs.pop(ssl_only)
         return kwargs
+
+
+# user:password@ at the start of an address or after a scheme's //, and password= in a query.
+_USERINFO = re.compile(r"(^|//|[\s'\"(\[,;])([^\s:@/'\"]*):([^\s@/'\"]+)@")
+_QUERY_PASSWORD = re.compile(r"(?i)((?:^|[?&])[a-z_]*password=)[^&\s'\"]*")
+
+
+def mask_url(text: str) -> str:
+    """``text`` with every password in the addresses it holds replaced by ``***``
+    (``redis://user:***@host:6379/0``): for error messages, reprs and logs."""
+    text = _USERINFO.sub(lambda m: f"{m[1]}{m[2]}:***@", text)
+    return _QUERY_PASSWORD.sub(lambda m: f"{m[1]}***", text)
 
 
 def import_string(dotted: str) -> Any:

@@ -9,6 +9,7 @@ catch the library's failures in one clause without catching unrelated bugs::
     ├── InvalidKeyError           a key is not str/bytes, or is empty (also a ValueError)
     ├── MissingKeyError           incr/decr of a key that does not exist (also a ValueError)
     ├── NotAnIntegerError         incr/decr of a value that is not an integer (also a TypeError)
+    ├── OutOfRangeError           incr/decr past the servers' 64-bit counters (also a ValueError)
     ├── SerializationError        a value cannot be encoded, or stored bytes cannot be decoded
     ├── ShardError                a server-side problem on one shard (names the shard and key)
     │   ├── ShardUnavailableError the shard cannot be reached: refused, timed out, pool exhausted
@@ -32,6 +33,8 @@ Builtin names such as ``ConnectionError`` and ``TimeoutError`` are never reused.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import pickle
 
 __all__ = [
@@ -48,6 +51,7 @@ __all__ = [
     "LocalServerError",
     "MissingKeyError",
     "NotAnIntegerError",
+    "OutOfRangeError",
     "PortInUseError",
     "RecordError",
     "RecordNotFound",
@@ -59,6 +63,24 @@ __all__ = [
     "ShardUnavailableError",
     "ShardcacheError",
 ]
+
+
+# Keys can be secrets (Django's session keys are session ids): errors and logs show them
+# shortened unless this is set, e.g. by SHARDCACHE_SHOW_KEYS=1 while debugging.
+SHOW_WHOLE_KEYS = os.environ.get("SHARDCACHE_SHOW_KEYS", "") not in ("", "0")
+_SHOWN = 16
+
+
+def key_text(key: bytes | str | object) -> str:
+    """``key`` for an error message or a log line: up to 16 bytes as they are, then its
+    length and a short digest (the same key always gives the same text)."""
+    data = key.encode(errors="replace") if isinstance(key, str) else key
+    if not isinstance(data, bytes):
+        return f"<{type(key).__name__}>"
+    if SHOW_WHOLE_KEYS or len(data) <= _SHOWN:
+        return repr(data)
+    digest = hashlib.sha256(data).hexdigest()[:8]
+    return f"{data[:_SHOWN]!r}... ({len(data)} bytes, #{digest})"
 
 
 class ShardcacheError(Exception):
@@ -86,6 +108,10 @@ class NotAnIntegerError(ShardcacheError, TypeError):
     """``incr``/``decr`` of a value that is not an integer (Django expects a TypeError)."""
 
 
+class OutOfRangeError(ShardcacheError, ValueError):
+    """``incr``/``decr`` by a delta, or to a result, outside the servers' 64-bit counters."""
+
+
 class SerializationError(ShardcacheError, pickle.PickleError):
     """A value cannot be serialized, or stored bytes cannot be decoded (corrupt, unsigned,
     tampered, too large, or written by an unknown serializer). Also a ``pickle.PickleError``,
@@ -103,7 +129,7 @@ class ShardError(ShardcacheError):
 
     def __init__(self, message: str, *, shard: str = "", key: bytes | str | None = None) -> None:
         where = f" on shard {shard}" if shard else ""
-        what = f" (key {key!r})" if key is not None else ""
+        what = f" (key {key_text(key)})" if key is not None else ""
         super().__init__(f"{message}{where}{what}")
         self.shard = shard
         self.key = key

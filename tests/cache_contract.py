@@ -23,7 +23,14 @@ from typing import Any
 import pytest
 import redis
 
-from shardcache import Cache, ClosedError, InvalidKeyError, MissingKeyError, NotAnIntegerError
+from shardcache import (
+    Cache,
+    ClosedError,
+    InvalidKeyError,
+    MissingKeyError,
+    NotAnIntegerError,
+    OutOfRangeError,
+)
 from shardcache.errors import ConfigurationError, SerializationError
 from tests.process import open_sockets, our_threads, settles
 
@@ -501,3 +508,20 @@ class CacheContract:
         assert signed.get("hits") == 16 * 500
         assert 0 < (signed.ttl("hits") or 0) <= 600  # the time to live was kept
         assert signed.decr("hits", 8000) == 0
+
+    def test_incr_failures_are_typed_errors(self, cache: Cache) -> None:
+        for signed in (cache, Cache(cache.topology, prefix="t:", signing_secret=SECRET)):
+            signed.set("text", "abc")
+            signed.set("n", 1)
+            with pytest.raises(NotAnIntegerError):
+                signed.incr("text")
+            with pytest.raises(OutOfRangeError):
+                signed.incr("n", 2**64)
+            with pytest.raises(OutOfRangeError):
+                signed.decr("n", 2**63 + 1)
+            with pytest.raises(InvalidKeyError):
+                signed.incr("")
+            with pytest.raises(InvalidKeyError):
+                signed.incr(7)  # type: ignore[arg-type]
+            assert signed.get("n") == 1
+            assert signed.get("text") == "abc"

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import redis
 
-from shardcache import Cache, CommandError, SentinelClient, SentinelError
+from shardcache import Cache, CommandError, SentinelClient, SentinelError, ShardError
 from shardcache.testing import RedisSentinel, pick_port, wait_until
 from tests.cache_contract import CacheContract, RawClient
 
@@ -271,6 +271,39 @@ def test_killed_master_under_load_the_client_follows_and_then_nothing_fails(
         f"{lost} of {len(traffic.acked)} acknowledged writes lost"
     )
     assert traffic.errors == errors_at_switch  # after recovery no operation failed
+    client.close()
+
+
+def test_a_missed_failover_event_then_a_second_failover_still_finds_the_live_master(
+    clean_redis_sentinel: RedisSentinel,
+) -> None:
+    client = client_for(clean_redis_sentinel, ["bucket0"])
+    cache = Cache(client, prefix="t:")
+    wait_until(lambda: len(client.watching) == 3, timeout=15, what="the watchers")
+    first = address(clean_redis_sentinel.failover("bucket0", settle=True))
+    wait_until(lambda: client.masters_now()["bucket0"] == first, timeout=15, what="event 1")
+    # From here the client hears no event (the fault: its subscriptions are lost for good).
+    client._stopping.set()
+    wait_until(lambda: not client.threads, timeout=15, what="the watchers to stop")
+    old = clean_redis_sentinel.master_address("bucket0")
+    clean_redis_sentinel.kill(clean_redis_sentinel.master("bucket0"))
+    wait_until(
+        lambda: clean_redis_sentinel.master_address("bucket0") != old,
+        timeout=60,
+        what="the sentinels to promote",
+        errors=(redis.RedisError,),
+    )
+    second = address(clean_redis_sentinel.master_address("bucket0"))
+
+    def written() -> bool:  # each failure on the dead master asks the sentinels again
+        try:
+            return cache.set("k", "after") is True
+        except ShardError:
+            return False
+
+    wait_until(written, timeout=30, what="a write on the live master")
+    assert client.masters_now()["bucket0"] == second
+    assert cache.get("k") == "after"
     client.close()
 
 

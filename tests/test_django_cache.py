@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import pickle
 import threading
 import warnings
 from collections.abc import Iterator
@@ -37,6 +38,11 @@ KEY_SETTINGS = {
     "prefix+version": {"KEY_PREFIX": "site1", "VERSION": 3},
     "key_function": {"KEY_FUNCTION": reversed_key},
 }
+
+
+class Unpicklable:
+    def __getstate__(self) -> Any:
+        raise pickle.PickleError()
 
 
 class NoThreads(concurrent.futures.ThreadPoolExecutor):
@@ -184,6 +190,14 @@ class DjangoCacheContract:
         assert cache.get("k") == 1
         assert cache.touch("k", 0) is True
         assert cache.get("k") is None
+
+    def test_set_and_add_fail_on_pickleerror(self, cache: Any) -> None:
+        # Django's own test_set_fail_on_pickleerror / test_add_fail_on_pickleerror.
+        with pytest.raises(pickle.PickleError):
+            cache.set("unpicklable", Unpicklable())
+        with pytest.raises(pickle.PickleError):
+            cache.add("unpicklable", Unpicklable())
+        assert cache.get("unpicklable") is None
 
     def test_unicode_binary_large_and_model_values(self, cache: Any) -> None:
         values = {

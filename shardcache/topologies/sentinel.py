@@ -137,7 +137,8 @@ class SentinelClient:
         self._lock = threading.Lock()
         self._current: dict[str, RedisShard] = {}
         self._asked_at: dict[str, float] = {}
-        self._epochs: dict[str, int] = {}
+        self._epochs: dict[str, int] = {}  # the newest config epoch a sentinel answered
+        self._moved_on_event: set[str] = set()  # followed an event since that answer
         self._lent: dict[int, tuple[AbstractConnection, RedisShard]] = {}
         self._replicas: dict[str, RedisShard] = {}  # one pool per replica address
         self._replicas_of: dict[str, list[str]] = {}  # each name's healthy replicas
@@ -258,10 +259,14 @@ class SentinelClient:
     ) -> bool:
         """Point ``name`` at ``address``; True if that changed anything.
 
-        A sentinel's answer (with its ``epoch``) older than what we already follow is
-        ignored, so a lagging sentinel cannot send us back to a master that was replaced,
+        A sentinel's answer (with its config ``epoch``) older than what we already follow
+        is ignored, so a lagging sentinel cannot send us back to a master that was replaced,
         unless ``force`` (our master itself refused to act as one). A pub/sub event
-        (``epoch=None``) is news: it counts as newer than anything asked so far.
+        (``epoch=None``) is news without an epoch: we follow it and keep the epoch we know,
+        which is only ever one a sentinel gave (an invented one could outrun the real ones
+        and make us ignore every true answer after a missed event); until an answer with a
+        newer epoch comes, an answer with the same epoch naming another master is older
+        than the event, and ignored. The event's sender asks the sentinels right after.
         """
         wanted = f"{address[0]}:{address[1]}"
         with self._lock:
@@ -269,10 +274,13 @@ class SentinelClient:
                 return False
             known = self._epochs[name]
             if epoch is None:
-                epoch = known + 1
-            elif epoch < known and not force:
+                self._moved_on_event.add(name)
+            elif not force and (epoch < known or (epoch == known and name in self._moved_on_event)):
                 return False
-            self._epochs[name] = max(epoch, known) if not force else epoch
+            else:
+                if epoch > known or force:
+                    self._moved_on_event.discard(name)
+                self._epochs[name] = epoch if force else max(epoch, known)
             old = self._current[name]
             if old.id == wanted:
                 return False
@@ -428,9 +436,7 @@ class SentinelClient:
         channel = channel.decode() if isinstance(channel, bytes) else channel
         fields = (data.decode() if isinstance(data, bytes) else data).split()
         if channel == "+switch-master" and len(fields) == 5:
-            self._promoted(fields[0], (fields[3], int(fields[4])))
-            if fields[0] in self._replicas_of:
-                self._catch_up(fields[0])  # its replicas changed too
+            self._promoted(fields[0], (fields[3], int(fields[4])))  # replicas re-read too
         elif len(fields) == 8 and fields[4] == "@" and fields[5] in self._gates:
             # "slave <ip:port> <ip> <port> @ <name> <master ip> <master port>"
             if channel in _REPLICA_EVENTS and fields[0] == "slave":
@@ -457,6 +463,7 @@ class SentinelClient:
         if name in self._current:
             self._switch(name, address, None)
             self._gates[name].set()
+            self._catch_up(name)  # the real epoch, from the sentinels themselves
 
     def is_open(self, name: str) -> bool:
         """False while a failover of ``name`` holds commands back (see `wait_if_paused`)."""

@@ -24,7 +24,7 @@ from pymemcache.exceptions import (
     MemcacheUnknownCommandError,
 )
 
-from shardcache.errors import ShardUnavailableError
+from shardcache.errors import ShardUnavailableError, key_text
 from shardcache.lifecycle import Workers
 from shardcache.topologies.memcache.manager import ShardHandle, StaticShardManager
 from shardcache.topologies.memcache.model import (
@@ -264,7 +264,7 @@ class ShardedMemcacheClient:
 
     def remaining_ttl(self, shard: ShardHandle, key: bytes) -> int | None:
         """Seconds left for ``key`` on ``shard`` (-1: never expires), None if absent."""
-        line = self.call(shard, "raw_command", b"mg " + key + b" t")
+        line = self.call(shard, "meta_ttl", key)
         if not line.startswith(b"HD"):
             return None
         for flag in line.split()[1:]:
@@ -527,7 +527,7 @@ class ShardedMemcacheClient:
         return VersionResponse({i: _text(v) for i, v in raw.items()}, errors)
 
     def verbosity(self, level: int) -> StatResponse:
-        done, errors = self._everyone("raw_command", b"verbosity %d" % level)
+        done, errors = self._everyone("set_verbosity", level)
         return StatResponse({i: {"verbosity": _text(r)} for i, r in done.items()}, errors)
 
     def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
@@ -567,4 +567,4 @@ def _text(value: Any) -> str:
 
 
 def _unmapped(key: bytes) -> ValueError:
-    return ValueError(f"Key {key!r} does not map to any memcache shard")
+    return ValueError(f"Key {key_text(key)} does not map to any memcache shard")

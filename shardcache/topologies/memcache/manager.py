@@ -24,10 +24,10 @@ from pymemcache.exceptions import (
 )
 
 from shardcache.connections import ConnectionPool
-from shardcache.errors import ClosedError, ConfigurationError
+from shardcache.errors import ClosedError, ConfigurationError, InvalidKeyError
 from shardcache.hashing import Ketama, Rendezvous
 from shardcache.lifecycle import forget_after_fork
-from shardcache.topologies.memcache.model import Item, MemcachedState, ShardState
+from shardcache.topologies.memcache.model import Item, MemcachedState, ShardState, validate_key
 
 __all__ = [
     "ShardFunc",
@@ -57,10 +57,18 @@ def crc32_shard_func(key: bytes, count: int) -> int:
 
 
 class _Connection(Client):  # type: ignore[misc]
-    """A pymemcache client as one pooled connection (the pool closes it by ``disconnect``)."""
+    """A pymemcache client as one pooled connection (the pool closes it by ``disconnect``),
+    with the two commands pymemcache has no method for."""
 
     def disconnect(self) -> None:
         self.close()
+
+    def meta_ttl(self, key: bytes) -> bytes:
+        """``mg <key> t``: the reply line, ``HD t<seconds>`` or ``EN`` (absent)."""
+        return self.raw_command(b"mg " + key + b" t")  # type: ignore[no-any-return]
+
+    def set_verbosity(self, level: int) -> bytes:
+        return self.raw_command(b"verbosity %d" % int(level))  # type: ignore[no-any-return]
 
 
 class _Passthrough:
@@ -71,6 +79,25 @@ class _Passthrough:
 
     def deserialize(self, key: Any, value: bytes, flags: int) -> tuple[bytes, int]:
         return value, flags
+
+
+# pymemcache methods by where their keys are: the first argument, or a collection of them.
+_ONE_KEY = frozenset(
+    {"get", "gets", "set", "add", "replace", "append", "prepend", "cas", "delete", "incr"}
+    | {"decr", "touch", "meta_ttl"}
+)
+_MANY_KEYS = frozenset({"get_many", "gets_many", "set_many", "delete_many"})
+_NO_KEY = frozenset({"flush_all", "stats", "version", "set_verbosity"})
+
+
+def _check_keys(method: str, args: tuple[Any, ...]) -> None:
+    if method in _ONE_KEY:
+        validate_key(args[0])
+    elif method in _MANY_KEYS:
+        for key in args[0]:
+            validate_key(key)
+    elif method not in _NO_KEY:  # raw_command among them: its line would escape the check
+        raise InvalidKeyError(f"{method!r} is not a memcache call shardcache makes")
 
 
 @dataclass(eq=False)  # identity: handles are dictionary keys when grouping
@@ -87,7 +114,12 @@ class ShardHandle:
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """pymemcache's ``method`` on a pooled connection; the connection is dropped after a
-        socket error (pymemcache has closed it) and kept after a protocol-level one."""
+        socket error (pymemcache has closed it) and kept after a protocol-level one.
+
+        Every byte sent to a memcached goes through here, so this is where keys are checked
+        (`InvalidKeyError` before any I/O): a key with a space or CRLF would smuggle a
+        command of its own onto the connection, and leave its replies out of step."""
+        _check_keys(method, args)
         pool = self.pool
         conn = pool.acquire()
         try:
@@ -124,12 +156,15 @@ _SENTINEL_STATES = (MemcachedState.ACTIVE, MemcachedState.WRITE_ONLY, MemcachedS
 
 @dataclass(frozen=True)
 class _Snapshot:
-    """The shard list at one moment; an update swaps in a new one, in-flight calls keep theirs."""
+    """The shard list at one moment, with the shard function made for it: an update swaps in
+    a new one whole (one assignment), so no reader pairs a new function with an old list;
+    in-flight calls keep theirs."""
 
     shards: tuple[ShardHandle, ...]
+    shard_func: ShardFunc = crc32_shard_func
 
-    def for_key(self, key: bytes, shard_func: ShardFunc) -> ShardHandle | None:
-        index = shard_func(key, len(self.shards))
+    def for_key(self, key: bytes) -> ShardHandle | None:
+        index = self.shard_func(key, len(self.shards))
         return self.shards[index] if 0 <= index < len(self.shards) else None
 
 
@@ -175,7 +210,6 @@ class StaticShardManager:
         self._shard_func_spec = shard_func
         self._lock = threading.Lock()
         self._snapshot = _Snapshot(())
-        self._shard_func: ShardFunc = crc32_shard_func
         self.update_shard_states(shards)
         forget_after_fork(self)
 
@@ -222,8 +256,8 @@ class StaticShardManager:
                     len(old),
                     len(fresh),
                 )
-            self._shard_func = self._make_shard_func([h.address for h in fresh])
-            self._snapshot = _Snapshot(tuple(fresh))
+            func = self._make_shard_func([h.address for h in fresh])
+            self._snapshot = _Snapshot(tuple(fresh), func)
         kept = {h.address for h in fresh} | {
             h.warm_source.address for h in fresh if h.warm_source is not None
         }
@@ -276,21 +310,21 @@ class StaticShardManager:
 
     def get_shard(self, key: bytes) -> ShardHandle | None:
         """The shard of ``key`` (None when the shard function maps it nowhere)."""
-        return self._snapshot.for_key(key, self._shard_func)
+        return self._snapshot.for_key(key)
 
     def get_shards_for_keys(self, keys: Iterable[bytes]) -> dict[ShardHandle | None, list[bytes]]:
-        snapshot, func = self._snapshot, self._shard_func
+        for_key = self._snapshot.for_key  # one snapshot for the whole batch
         groups: dict[ShardHandle | None, list[bytes]] = {}
         for key in keys:
-            groups.setdefault(snapshot.for_key(key, func), []).append(key)
+            groups.setdefault(for_key(key), []).append(key)
         return groups
 
     def get_shards_for_items(self, items: Iterable[Item]) -> dict[ShardHandle | None, list[Item]]:
-        snapshot, func = self._snapshot, self._shard_func
+        for_key = self._snapshot.for_key
         groups: dict[ShardHandle | None, list[Item]] = {}
         for item in items:
             key = item.key.encode() if isinstance(item.key, str) else item.key
-            groups.setdefault(snapshot.for_key(key, func), []).append(item)
+            groups.setdefault(for_key(key), []).append(item)
         return groups
 
     def get_shards_for_sentinels_from_keys(self, keys: Iterable[bytes]) -> list[ShardMapping]:
@@ -341,5 +375,5 @@ class _Closed(_Snapshot):
     def __init__(self) -> None:
         super().__init__(())
 
-    def for_key(self, key: bytes, shard_func: ShardFunc) -> ShardHandle | None:
+    def for_key(self, key: bytes) -> ShardHandle | None:
         raise ClosedError("this memcache client is closed")

@@ -6,6 +6,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from shardcache.errors import InvalidKeyError, key_text
+
 __all__ = [
     "NO_EXPIRATION_INCR",
     "CountResponse",
@@ -123,15 +125,17 @@ class VersionResponse:
 
 
 def validate_key(key: bytes | str) -> bytes:
-    """The key as bytes, or ``ValueError`` if memcached would refuse it: empty, longer than
-    250 bytes, or holding a byte outside 0x21-0x7E / 0x80-0xFF (spaces, control characters)."""
+    """The key as bytes, or `InvalidKeyError` (a ``ValueError``) if memcached would refuse it
+    or could be fooled by it: empty, longer than 250 bytes, or holding a byte outside
+    0x21-0x7E / 0x80-0xFF (a space, CR, LF or another control character would end the key
+    and start a command of the attacker's on the text protocol)."""
     data = key.encode() if isinstance(key, str) else key
     if not isinstance(data, bytes):
-        raise ValueError(f"Invalid key {key!r}: not bytes or str")
+        raise InvalidKeyError(f"Invalid key {key_text(key)}: not bytes or str")
     if not data:
-        raise ValueError("Invalid key: empty")
+        raise InvalidKeyError("Invalid key: empty")
     if len(data) > MAX_KEY_LENGTH:
-        raise ValueError(f"Invalid key {data[:20]!r}...: {len(data)} bytes, more than 250")
+        raise InvalidKeyError(f"Invalid key {key_text(data)}: more than 250 bytes")
     if len(data.translate(None, _BAD_KEY_BYTES)) != len(data):
-        raise ValueError(f"Invalid key {data!r}: space or control character")
+        raise InvalidKeyError(f"Invalid key {key_text(data)}: space or control character")
     return data

@@ -20,20 +20,33 @@ from typing import Any, NoReturn
 
 import redis
 
-from shardcache.errors import CommandError, ConfigurationError, ShardUnavailableError
+from shardcache.errors import (
+    CommandError,
+    ConfigurationError,
+    InvalidKeyError,
+    OutOfRangeError,
+    ShardUnavailableError,
+)
 from shardcache.protocols import Shard
 from shardcache.scripts import INCR_EXISTING_SHA, SWAP_SHA, sha_of
 from shardcache.topologies.memcache.client import ShardedMemcacheClient
 from shardcache.topologies.memcache.model import (
     NO_EXPIRATION_INCR,
+    CountResponse,
     GetResponse,
     Item,
     MemcachedState,
     MutateResponse,
     Status,
+    validate_key,
 )
 
 __all__ = ["MemcacheShard", "MemcacheTopology"]
+
+# Statuses that are answers, not failures: the caller reads them.
+_OUTCOMES = frozenset(
+    {Status.NO_ERROR, Status.KEY_NOT_FOUND, Status.KEY_EXISTS, Status.ITEM_NOT_STORED}
+)
 
 _THIRTY_DAYS = 30 * 24 * 3600  # memcached reads a larger expiration as a Unix time
 
@@ -89,11 +102,23 @@ class MemcacheShard:
             raise CommandError(f"{name.decode()} is not available on memcache", shard=self.id)
         return handler(*args[1:])
 
-    def _check(self, response: GetResponse | MutateResponse, key: bytes) -> None:
-        if response.status is Status.CONNECTION_UNAVAILABLE:
+    def _check(self, response: GetResponse | MutateResponse | CountResponse, key: bytes) -> None:
+        """Raise the typed error of a failed response; the outcomes a caller reads (found,
+        not found, exists, not stored) pass."""
+        status = response.status
+        if status in _OUTCOMES:
+            return
+        if status is Status.CONNECTION_UNAVAILABLE:
             raise ShardUnavailableError(str(response.error), shard=self.id, key=key)
-        if response.status in (Status.INVALID_ARGUMENTS, Status.UNMAPPED_KEY):
-            raise CommandError(str(response.error), shard=self.id, key=key)
+        if isinstance(response.error, InvalidKeyError):
+            raise InvalidKeyError(str(response.error))
+        if status is Status.INCR_DECR_ON_NON_NUMERIC_VALUE:
+            raise CommandError("value is not an integer (memcached)", shard=self.id, key=key)
+        if status is Status.VALUE_TOO_LARGE:
+            raise CommandError("value too large for memcached", shard=self.id, key=key)
+        if status is Status.INVALID_ARGUMENTS and "numeric delta" in str(response.error):
+            raise OutOfRangeError(f"memcached refused the delta: {response.error}")
+        raise CommandError(f"{status.name}: {response.error}", shard=self.id, key=key)
 
     def _cmd_get(self, key: bytes) -> bytes | None:
         response = self.memcache.get(key)
@@ -127,8 +152,6 @@ class MemcacheShard:
         else:
             response = self.memcache.set(item)
         self._check(response, key)
-        if response.status is Status.VALUE_TOO_LARGE:
-            raise CommandError("value too large for memcached", shard=self.id, key=key)
         return b"OK" if response.ok else None
 
     def set_many(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
@@ -209,15 +232,14 @@ class MemcacheShard:
             response = operation(key, abs(delta), max(delta, 0), 0)
         else:
             response = operation(key, abs(delta), 0, NO_EXPIRATION_INCR)
-        if response.status is Status.CONNECTION_UNAVAILABLE:
-            raise ShardUnavailableError(str(response.error), shard=self.id, key=key)
-        if response.status is Status.INCR_DECR_ON_NON_NUMERIC_VALUE:
-            raise CommandError("value is not an integer (memcached)", shard=self.id, key=key)
+        self._check(response, key)  # a bad key, a bad delta, a non-integer: typed errors
         shard = self.memcache.manager.get_shard(key)
         if response.status is Status.KEY_NOT_FOUND or (
             shard is not None and shard.state is not MemcachedState.ACTIVE
         ):
             return None  # incr on a non-ACTIVE shard is a missing key
+        if response.status is not Status.NO_ERROR:  # e.g. the add that creates it failed
+            raise CommandError(f"incr failed: {response.status.name}", shard=self.id, key=key)
         return response.count
 
     def _cmd_eval(self, script: bytes, count: int, key: bytes, *args: Any) -> Any:
@@ -280,6 +302,7 @@ class MemcacheTopology:
         return found
 
     def shard_for(self, key: bytes, *, read: bool = False) -> Shard:
+        validate_key(key)  # before any I/O, whatever the command (`InvalidKeyError`)
         handle = self.client.manager.get_shard(key)
         # An unmapped key still needs a shard object: the client answers it with an error.
         return (
@@ -289,6 +312,9 @@ class MemcacheTopology:
         )
 
     def group(self, keys: Iterable[bytes], *, read: bool = False) -> dict[Shard, list[list[bytes]]]:
+        keys = list(keys)
+        for key in keys:  # all of them before any I/O: no half-done set_many
+            validate_key(key)
         groups: dict[Shard, list[list[bytes]]] = {}
         for handle, run in self.client.manager.get_shards_for_keys(keys).items():
             shard = (
