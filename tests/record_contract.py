@@ -368,6 +368,25 @@ class RecordStoreContract:
             store.get("secret", "s2")  # written with a key the old configuration lacks
         store.close()
 
+    def test_encrypted_puts_from_many_threads_seal_the_versions_they_get(self) -> None:
+        store = self.make_store(encryption_keys=[KEY_A])
+
+        def write(n: int) -> None:
+            for i in range(40):
+                store.put([Record("secret", f"w{n}-{i}", {"n": n, "i": i})])
+
+        threads = [threading.Thread(target=write, args=(n,)) for n in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        _, last, current = store.sync_latest("secret")
+        records = list(current)
+        assert last == 160
+        assert sorted(r.version for r in records) == list(range(1, 161))
+        assert all(r.data == {"n": int(r.id[1]), "i": int(r.id.split("-")[1])} for r in records)
+        store.close()
+
 
 def _trimmed(store: Any, server_version: int) -> bool:
     try:

@@ -10,9 +10,16 @@ from typing import Any
 import pytest
 
 from shardcache import Cluster, HashPool, SentinelClient
-from shardcache.records import MemoryRecordStore, RedisRecordStore
+from shardcache.records import (
+    Encryption,
+    InvalidRecordError,
+    MemoryRecordStore,
+    Record,
+    RedisRecordStore,
+)
+from shardcache.records.model import RecordCodec, head
 from shardcache.testing import RedisCluster, RedisSentinel, StandaloneRedis
-from tests.record_contract import RecordStoreContract
+from tests.record_contract import KEY_A, RecordStoreContract
 
 WRITER = """
 import sys
@@ -95,3 +102,18 @@ class TestRedisRecordStoreOnSentinels(RedisContract):
 
     def topology_args(self) -> Any:
         return self.sentinels
+
+
+def test_a_sealed_record_moved_to_another_version_or_record_does_not_decrypt() -> None:
+    codec = RecordCodec(Encryption([KEY_A]))
+    rest = codec.rest(Record("secret", "s1", {"pin": "1234"}), version=7)
+    assert codec.decode(head(7, 0) + rest).data == {"pin": "1234"}
+    with pytest.raises(InvalidRecordError):
+        codec.decode(head(8, 0) + rest)  # an old ciphertext put back under a newer version
+    with pytest.raises(InvalidRecordError):
+        codec.decode(head(7, 0) + rest.replace('"i":"s1"', '"i":"s2"'))  # another record
+    ambiguous = codec.rest(Record("a\x00b", "c", {"x": 1}), version=1)
+    with pytest.raises(InvalidRecordError):  # type and id are length-prefixed
+        codec.decode(
+            head(1, 0) + ambiguous.replace('"t":"a\\u0000b","i":"c"', '"t":"a","i":"b\\u0000c"')
+        )

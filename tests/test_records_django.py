@@ -18,10 +18,10 @@ from django.core.management import CommandError, call_command
 from django.db import connection
 from django.test import override_settings
 
-from shardcache.errors import ConfigurationError
-from shardcache.records import MemoryRecordStore, RedisRecordStore
+from shardcache.errors import ConfigurationError, InvalidRecordVersion, InvalidServerVersion
+from shardcache.records import MemoryRecordStore, Record, RedisRecordStore
 from shardcache.testing import StandaloneRedis
-from shardcache_django.records import StoreHandler
+from shardcache_django.records import StoreHandler, orm
 from shardcache_django.records.checks import check_record_stores
 from shardcache_django.records.orm import OrmRecordStore
 from tests.record_contract import RecordStoreContract
@@ -165,3 +165,43 @@ def test_the_command_through_a_real_manage_py(tmp_path: Path) -> None:
     missing = manage("shardcache_records", "get", "job", "nope")
     assert missing.returncode != 0
     assert "no record 'job'/'nope'" in missing.stderr
+
+
+# --- integrity: a sync never skips a change silently ---------------------------------------
+
+
+def _orm_store(**options: Any) -> OrmRecordStore:
+    return OrmRecordStore(namespace=f"ns-{uuid.uuid4().hex[:8]}", **options)
+
+
+@pytest.mark.parametrize("between", ["maintain", "clear"])
+def test_a_sweep_or_clear_between_the_cursor_check_and_the_read_is_an_error(
+    between: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = _orm_store(change_expiry=60)
+    other = OrmRecordStore(namespace=store.namespace, change_expiry=60)
+    server_version = store.put([Record("t", f"r{i}", {"i": i}) for i in range(4)])
+    if between == "maintain":  # every change is old by the sweeper's clock
+        later = orm.now_ms() + 120_000
+        monkeypatch.setattr(orm, "now_ms", lambda: later)
+    monkeypatch.setattr(store, "_after_cursor_check", getattr(other, between))
+    expected = InvalidRecordVersion if between == "maintain" else InvalidServerVersion
+    with pytest.raises(expected):
+        list(store.sync("t", server_version, 0))
+
+
+def test_clock_skewed_writers_leave_trimmed_monotonic(monkeypatch: pytest.MonkeyPatch) -> None:
+    store = _orm_store(change_expiry=60)
+    clock = [1_000_000_000_000]
+    monkeypatch.setattr(orm, "now_ms", lambda: clock[0])
+    server_version = store.put([Record("t", "a", {}), Record("t", "b", {})])  # v1, v2
+    clock[0] -= 3_600_000  # a writer whose clock is an hour behind
+    store.put([Record("t", "c", {}), Record("t", "d", {})])  # v3, v4, "older"
+    clock[0] += 3_600_000 + 1_000
+    store.maintain()  # drops v3 and v4 only
+    assert store.stats()["trimmed"] == 4
+    clock[0] += 120_000
+    store.maintain()  # now v1 and v2 too: trimmed must not go back to 2
+    assert store.stats()["trimmed"] == 4
+    with pytest.raises(InvalidRecordVersion):
+        list(store.sync("t", server_version, 2))  # v3 and v4 are gone: an error, no gap

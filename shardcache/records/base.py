@@ -24,6 +24,7 @@ from shardcache.records.model import Encryption, Options, Record, RecordCodec, c
 
 __all__ = ["BaseRecordStore", "Commit", "Lease", "RecordStore", "Waiter"]
 
+_SEAL_BUDGET = 30.0  # seconds an encrypted put may lose its versions to other writers
 _PATCH_ATTEMPTS = 100
 
 
@@ -114,12 +115,33 @@ class BaseRecordStore(ABC):
     def put(self, records: Iterable[Record]) -> int:
         """Write (or, with ``deleted=True``, delete) ``records`` in one atomic step that
         numbers them ``last_version+1 ..``; return the server version."""
-        commits = [
-            Commit(r.type, r.id, self.codec.rest(r, deleted=r.is_deleted), r.is_deleted)
-            for r in records
-        ]
-        server_version, _ = self._commit(commits)
-        return server_version
+        wanted = list(records)
+        if self.codec.encryption is None:
+            commits = [
+                Commit(r.type, r.id, self.codec.rest(r, deleted=r.is_deleted), r.is_deleted)
+                for r in wanted
+            ]
+            server_version, _ = self._commit(commits)
+            return server_version
+        # Encrypted data is sealed with the version it will have: take the next versions,
+        # and write only if no other writer took them meanwhile (else seal again).
+        deadline = time.monotonic() + _SEAL_BUDGET
+        while True:
+            after = self._last_version()
+            commits = [
+                Commit(
+                    r.type,
+                    r.id,
+                    self.codec.rest(r, deleted=r.is_deleted, version=after + 1 + i),
+                    r.is_deleted,
+                )
+                for i, r in enumerate(wanted)
+            ]
+            server_version, applied = self._commit(commits, after=after)
+            if applied:
+                return server_version
+            if time.monotonic() > deadline:
+                raise RecordError(f"put gave up after {_SEAL_BUDGET:g}s of concurrent writers")
 
     def patch(self, records: Iterable[Record], fields: Iterable[str]) -> int:
         """Update only the top-level ``fields`` of each record's data (a field absent from
@@ -130,7 +152,8 @@ class BaseRecordStore(ABC):
         if not names or not all(isinstance(name, str) and name for name in names):
             raise InvalidRecordError("patch needs the names of the fields to update")
         for _ in range(_PATCH_ATTEMPTS):
-            commits = []
+            after = None if self.codec.encryption is None else self._last_version()
+            commits: list[Commit] = []
             for record in wanted:
                 if record.binary or not isinstance(record.data, Mapping):
                     raise InvalidRecordError("patch updates fields of dict data only")
@@ -145,9 +168,10 @@ class BaseRecordStore(ABC):
                         merged[name] = record.data[name]
                     else:
                         merged.pop(name, None)
-                rest = self.codec.rest(Record(record.type, record.id, merged))
+                version = None if after is None else after + 1 + len(commits)
+                rest = self.codec.rest(Record(record.type, record.id, merged), version=version)
                 commits.append(Commit(record.type, record.id, rest, False, expect))
-            server_version, applied = self._commit(commits)
+            server_version, applied = self._commit(commits, after=after)
             if applied:
                 return server_version
         raise RecordError(f"patch gave up after {_PATCH_ATTEMPTS} concurrent changes")
@@ -266,9 +290,14 @@ class BaseRecordStore(ABC):
     # --- what a store provides -------------------------------------------------------------
 
     @abstractmethod
-    def _commit(self, commits: Sequence[Commit]) -> tuple[int, bool]:
+    def _commit(self, commits: Sequence[Commit], *, after: int | None = None) -> tuple[int, bool]:
         """Write ``commits`` atomically (numbering, tombstones, capacity trims, change log,
-        notification); ``(server_version, applied)``: False if an ``expect`` failed."""
+        notification); ``(server_version, applied)``: False if an ``expect`` failed, or if
+        ``after`` is given and the last version is no longer ``after``."""
+
+    @abstractmethod
+    def _last_version(self) -> int:
+        """The version the last write was given (0 for an empty store)."""
 
     @abstractmethod
     def _get_raw(self, record_type: str, record_id: str) -> str | bytes | None: ...

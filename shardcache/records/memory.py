@@ -64,8 +64,10 @@ class MemoryRecordStore(BaseRecordStore):
         tomb = self.codec.rest(Record(record_type, oldest), deleted=True)
         self._write(record_type, oldest, tomb, True, ms)
 
-    def _commit(self, commits: Sequence[Commit]) -> tuple[int, bool]:
+    def _commit(self, commits: Sequence[Commit], *, after: int | None = None) -> tuple[int, bool]:
         with self._cond:
+            if after is not None and after != self._last:
+                return self._server_version, False
             for c in commits:
                 if c.expect is not None:
                     found = self._current.get(c.type, {}).get(c.id)
@@ -78,6 +80,10 @@ class MemoryRecordStore(BaseRecordStore):
                 self._trim(record_type, ms)
             self._cond.notify_all()
             return self._server_version, True
+
+    def _last_version(self) -> int:
+        with self._cond:
+            return self._last
 
     def _trim(self, record_type: str, ms: int) -> int:
         capacity = Options.decode(self._options.get(record_type)).capacity

@@ -85,8 +85,9 @@ class Options:
 class Encryption:
     """AES-GCM over ``data`` (type, id and versions stay plaintext, so sync works). ``keys``
     is a list of ``(key_id, key)`` with 16, 24 or 32-byte keys: new writes use the first,
-    reads find any by its id, so keys rotate by putting a new one first. Type and id are
-    the associated data: a ciphertext moved to another record does not decrypt."""
+    reads find any by its id, so keys rotate by putting a new one first. Type, id and
+    version, length-prefixed, are the associated data: a ciphertext moved to another record,
+    or an old one of the same record put back, does not decrypt."""
 
     def __init__(self, keys: Sequence[tuple[str, bytes]]) -> None:
         try:
@@ -131,8 +132,9 @@ class RecordCodec:
     def __init__(self, encryption: Encryption | None = None) -> None:
         self.encryption = encryption
 
-    def rest(self, record: Record, *, deleted: bool = False) -> str:
-        """The stored form after the store's head: everything but version and time."""
+    def rest(self, record: Record, *, deleted: bool = False, version: int | None = None) -> str:
+        """The stored form after the store's head: everything but version and time. With
+        encryption, the ``version`` the store will give the record is sealed in too."""
         body: dict[str, Any] = {"t": record.type, "i": record.id}
         if deleted:
             body["x"] = 1
@@ -145,7 +147,9 @@ class RecordCodec:
                 except (TypeError, ValueError) as exc:
                     raise InvalidRecordError(f"record data is not JSON: {exc}") from exc
             if self.encryption is not None:
-                body["e"] = self.encryption.seal(plain, _aad(record.type, record.id))
+                if version is None:
+                    raise InvalidRecordError("an encrypted record is sealed with its version")
+                body["e"] = self.encryption.seal(plain, _aad(record.type, record.id, version))
             elif record.binary:
                 body["b"] = _b64(plain)
             else:
@@ -162,7 +166,7 @@ class RecordCodec:
         if "e" in raw:
             if self.encryption is None:
                 raise InvalidRecordError("record is encrypted and the store has no keys")
-            plain = self.encryption.open(raw["e"], _aad(raw["t"], raw["i"]))
+            plain = self.encryption.open(raw["e"], _aad(raw["t"], raw["i"], raw["v"]))
             data = plain if binary else json.loads(plain)
         elif "b" in raw:
             data = base64.b64decode(raw["b"])
@@ -186,8 +190,10 @@ def head(version: int, ms: int) -> str:
     return f'{{"v":{version},"m":{ms},'
 
 
-def _aad(record_type: str, record_id: str) -> bytes:
-    return f"{record_type}\x00{record_id}".encode()
+def _aad(record_type: str, record_id: str, version: int) -> bytes:
+    parts = [record_type.encode(), record_id.encode()]
+    prefixed = b"".join(len(part).to_bytes(4, "big") + part for part in parts)
+    return prefixed + int(version).to_bytes(8, "big")
 
 
 # --- filters ---------------------------------------------------------------------------------

@@ -129,21 +129,23 @@ local function finish()
 end
 
 if op == 'put' then
-  -- ARGV: candidate sv, change expiry ms, n, then per record: type, id, rest, deleted, expect
+  -- ARGV: candidate sv, change expiry ms, n, after (or ''), then per record: type, id,
+  -- rest, deleted, expect
   local sv = server_version(ARGV[3])
   local n = tonumber(ARGV[5])
   for i = 0, n - 1 do
-    local b = 6 + i * 5
+    local b = 7 + i * 5
     if ARGV[b + 4] ~= '' then
       local found = redis.call('ZSCORE', p .. 'ix:' .. ARGV[b], ARGV[b + 1])
       if (tonumber(found) or 0) ~= tonumber(ARGV[b + 4]) then return {sv, 0} end
     end
   end
   lv = tonumber(redis.call('GET', p .. 'lv') or '0')
+  if ARGV[6] ~= '' and lv ~= tonumber(ARGV[6]) then return {sv, 0} end
   local now = now_ms()
   local types = {}
   for i = 0, n - 1 do
-    local b = 6 + i * 5
+    local b = 7 + i * 5
     write(ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3] == '1', now)
     types[ARGV[b]] = true
   end
@@ -258,13 +260,16 @@ class RedisRecordStore(BaseRecordStore):
 
     # --- primitives ------------------------------------------------------------------------
 
-    def _commit(self, commits: Sequence[Commit]) -> tuple[int, bool]:
+    def _commit(self, commits: Sequence[Commit], *, after: int | None = None) -> tuple[int, bool]:
         argv: list[Any] = [b"put", new_server_version(), int(self.change_expiry * 1000)]
-        argv.append(len(commits))
+        argv += [len(commits), _expect(after)]
         for c in commits:
             argv += [c.type, c.id, c.rest, b"1" if c.deleted else b"", _expect(c.expect)]
         server_version, applied = self._run(*argv)
         return int(server_version), bool(applied)
+
+    def _last_version(self) -> int:
+        return int(self._command(b"GET", self._key("lv")) or 0)
 
     def maintain(self) -> int:
         return int(self._run(b"maintain", new_server_version(), int(self.change_expiry * 1000)))
