@@ -436,7 +436,10 @@ class SentinelClient:
         channel = channel.decode() if isinstance(channel, bytes) else channel
         fields = (data.decode() if isinstance(data, bytes) else data).split()
         if channel == "+switch-master" and len(fields) == 5:
-            self._promoted(fields[0], (fields[3], int(fields[4])))  # replicas re-read too
+            self._promoted(fields[0], (fields[3], int(fields[4])))
+            # The leader's configuration is final now: learn its real epoch (and the
+            # replicas). Not earlier: mid-failover the sentinels may still name the old one.
+            self._catch_up(fields[0])
         elif len(fields) == 8 and fields[4] == "@" and fields[5] in self._gates:
             # "slave <ip:port> <ip> <port> @ <name> <master ip> <master port>"
             if channel in _REPLICA_EVENTS and fields[0] == "slave":
@@ -463,7 +466,6 @@ class SentinelClient:
         if name in self._current:
             self._switch(name, address, None)
             self._gates[name].set()
-            self._catch_up(name)  # the real epoch, from the sentinels themselves
 
     def is_open(self, name: str) -> bool:
         """False while a failover of ``name`` holds commands back (see `wait_if_paused`)."""
