@@ -34,6 +34,7 @@ MODULES = [
     "shardcache.backends",
     "shardcache.lifecycle",
     "shardcache.registry",
+    "shardcache.testing.postgres",
     "shardcache.records",
     "shardcache.records.base",
     "shardcache.records.memory",

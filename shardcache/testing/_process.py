@@ -236,6 +236,10 @@ class ServerProcess:
     def write_config(self) -> None:
         """Write any config file the command reads (kept across restarts)."""
 
+    def popen_options(self) -> dict[str, Any]:
+        """More ``subprocess.Popen`` options for the server (e.g. the user to run as)."""
+        return {}
+
     def ping(self) -> bool:
         raise NotImplementedError(f"{type(self).__name__} must say how to probe {self.binary}")
 
@@ -266,6 +270,7 @@ class ServerProcess:
                 # The parent-death signal fires when the *thread* that forked exits, so it is
                 # only safe from the main thread, and never wanted for detached servers.
                 preexec_fn=None if detach or not in_main_thread else _die_with_parent,
+                **self.popen_options(),
             )
         self._pid = self._popen.pid
         if detach:

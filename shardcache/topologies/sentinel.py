@@ -436,10 +436,11 @@ class SentinelClient:
         channel = channel.decode() if isinstance(channel, bytes) else channel
         fields = (data.decode() if isinstance(data, bytes) else data).split()
         if channel == "+switch-master" and len(fields) == 5:
-            self._promoted(fields[0], (fields[3], int(fields[4])))
-            # The leader's configuration is final now: learn its real epoch (and the
-            # replicas). Not earlier: mid-failover the sentinels may still name the old one.
-            self._catch_up(fields[0])
+            if fields[0] in self._current:  # sentinels announce every master they watch
+                self._promoted(fields[0], (fields[3], int(fields[4])))
+                # The leader's configuration is final now: learn its real epoch (and the
+                # replicas). Not earlier: mid-failover the sentinels may still name the old.
+                self._catch_up(fields[0])
         elif len(fields) == 8 and fields[4] == "@" and fields[5] in self._gates:
             # "slave <ip:port> <ip> <port> @ <name> <master ip> <master port>"
             if channel in _REPLICA_EVENTS and fields[0] == "slave":
