@@ -342,7 +342,7 @@ class RedisShard:
         self._client: redis.Redis | None = None
         self._lock = threading.Lock()
         # One asyncio pool per event loop, and the watch that drops it when that loop shuts
-        # down (`shardcache.aio.until_loop_ends`). A plain dict: a pool's connections refer
+        # down (`shardcache.lifecycle.until_loop_ends`). A plain dict: a pool's connections refer
         # to their loop, so a weak-keyed one would never let a loop go.
         self._async_pools: dict[asyncio.AbstractEventLoop, AsyncConnectionPool] = {}
         self._loop_watches: dict[asyncio.AbstractEventLoop, Any] = {}
