@@ -59,7 +59,7 @@ class Registry:
         self._lock = threading.Lock()
         self._topologies: dict[Hashable, Topology] = {}
         self._caches: dict[Hashable, Cache] = {}
-        self._kept: list[Any] = []  # settings keyed by identity stay alive with their entry
+        self._kept: dict[Hashable, Any] = {}  # settings keyed by identity live as long
         forget_after_fork(self)
 
     def _after_fork(self) -> None:
@@ -86,7 +86,7 @@ class Registry:
         found = self._topologies.get(key)
         if found is None or found.closed:
             found = self._topologies[key] = build_topology(kind, location, options)
-            self._kept.append(options)
+            self._kept[key] = options
         return found
 
     def cache(
