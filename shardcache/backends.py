@@ -12,6 +12,8 @@ they share one topology per process through `shardcache.registry`.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from shardcache import (
@@ -25,22 +27,26 @@ from shardcache import (
     ShardState,
     StaticShardManager,
 )
-from shardcache.codec import MAX_VALUE_SIZE
+from shardcache.codec import MAX_VALUE_SIZE, Codec
 from shardcache.compressors import COMPRESSORS
 from shardcache.config import RedisAddress, import_string, resolve_strategy
 from shardcache.errors import ConfigurationError
 from shardcache.hashing import make_selector
 from shardcache.protocols import Topology
-from shardcache.serializers import SERIALIZERS
+from shardcache.serializers import SERIALIZERS, PickleSerializer
 from shardcache.topologies.memcache import crc32_shard_func
 
 __all__ = [
+    "ALIASES",
     "CODEC_OPTIONS",
     "OPTIONS",
+    "Settings",
     "build_cache",
     "build_topology",
     "parse_location",
     "problems",
+    "read_settings",
+    "settings_of",
 ]
 
 # What a `Cache` applies to values; every other option shapes the topology's connections.
@@ -95,51 +101,152 @@ def _shard_states(servers: list[str], options: Mapping[str, Any]) -> list[ShardS
     states = []
     for entry in entries:
         if not 2 <= len(entry) <= 3:
-            raise ConfigurationError(f"SHARD_STATES entry {entry!r}: expected address, state")
+            raise ConfigurationError(
+                f"OPTIONS['SHARD_STATES'] entry {entry!r}: expected address, state"
+            )
         try:
             state = MemcachedState(str(entry[1]).upper())
         except ValueError:
             known = ", ".join(s.value for s in MemcachedState)
-            raise ConfigurationError(f"unknown shard state {entry[1]!r}: {known}") from None
+            raise ConfigurationError(
+                f"OPTIONS['SHARD_STATES']: unknown shard state {entry[1]!r}: {known}"
+            ) from None
         source = _memcache_address(entry[2]) if len(entry) == 3 else None
         states.append(ShardState(_memcache_address(str(entry[0])), state, source))
     return states
 
 
-def problems(kind: str, location: Any, options: Mapping[str, Any]) -> list[tuple[int, str]]:
-    """What is wrong with a ``CACHES`` entry, as ``(check number, message)`` pairs."""
+# Names users bring from django-redis and Django's own RedisCache, read as ours.
+ALIASES = {"SOCKET_CONNECT_TIMEOUT": "CONNECT_TIMEOUT", "IGNORE_EXCEPTIONS": "IGNORE_ERRORS"}
+# django-redis options with no meaning here: a check message says what replaces them.
+_REPLACED = {
+    "CLIENT_CLASS": "pick the shardcache backend for your servers instead "
+    "(ShardedRedisCache, RedisClusterCache, RedisSentinelCache, ShardedMemcacheCache)",
+    "CONNECTION_POOL_KWARGS": "set MAX_CONNECTIONS, CONNECT_TIMEOUT and SOCKET_TIMEOUT",
+}
+
+
+def _number(kind: type, low: float, *, above: bool = False) -> Any:
+    def convert(value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise ValueError
+        number = kind(value)
+        if number < low or (above and number == low):
+            raise ValueError
+        return number
+
+    return convert
+
+
+def _flag(value: Any) -> bool:
+    if isinstance(value, bool) or value in (0, 1):
+        return bool(value)
+    raise ValueError
+
+
+# How each scalar option's value is read: a bad one is a check error naming the option.
+_TYPED: dict[str, tuple[Any, str]] = {
+    "CONNECT_TIMEOUT": (_number(float, 0, above=True), "a number of seconds > 0"),
+    "SOCKET_TIMEOUT": (_number(float, 0, above=True), "a number of seconds > 0"),
+    "MAX_CONNECTIONS": (_number(int, 1), "an integer >= 1"),
+    "COMPRESS_THRESHOLD": (_number(int, 0), "an integer >= 0"),
+    "MAX_VALUE_SIZE": (_number(int, 1), "an integer >= 1 (bytes)"),
+    "MAX_ATTEMPTS": (_number(int, 1), "an integer >= 1"),
+    "DB": (_number(int, 0), "an integer >= 0"),
+    "FAILOVER_PAUSE": (_number(float, 0), "a number of seconds >= 0"),
+    "RETRY_TIMEOUT": (_number(float, 0), "a number of seconds >= 0"),
+    "IGNORE_ERRORS": (_flag, "True or False"),
+    "READ_FROM_REPLICAS": (_flag, "True or False"),
+    "INVALIDATE_NON_ACTIVE": (_flag, "True or False"),
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """A backend entry read once: its kind, its servers, and its options under their own
+    names (aliases resolved) with typed values. Django's checks, the builder, the Flask
+    factory and the records handler all read this, so checks and runtime cannot disagree."""
+
+    kind: str
+    servers: tuple[str, ...]
+    options: Mapping[str, Any]
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self.options.get(name, default)
+
+
+def read_settings(
+    kind: str, location: Any, options: Mapping[str, Any]
+) -> tuple[Settings, list[tuple[int, str]]]:
+    """The entry as `Settings`, and what is wrong with it as ``(check number, message)``
+    pairs (without I/O). Settings with problems are not for building."""
     found: list[tuple[int, str]] = []
-    unknown = sorted(set(options) - OPTIONS[kind])
+    typed: dict[str, Any] = {}
+    unknown = []
+    for name, value in options.items():
+        own = ALIASES.get(name, name)
+        if own in _REPLACED:
+            found.append((1, f"OPTIONS[{name!r}] is django-redis's: {_REPLACED[own]}"))
+        elif own not in OPTIONS[kind]:
+            unknown.append(name)
+        elif own in _TYPED:
+            convert, expected = _TYPED[own]
+            try:
+                typed[own] = convert(value)
+            except (TypeError, ValueError):
+                found.append((1, f"OPTIONS[{name!r}] must be {expected}, not {value!r}"))
+        else:
+            typed[own] = value
     if unknown:
         allowed = ", ".join(sorted(OPTIONS[kind]))
-        found.append((1, f"unknown OPTIONS {unknown}; this backend takes {allowed}"))
+        found.append((1, f"unknown OPTIONS {sorted(unknown)}; this backend takes {allowed}"))
     servers = parse_location(location)
     if not servers:
         found.append((2, "LOCATION is empty: give the servers' addresses"))
     try:
         if kind == "memcache":
-            _shard_states(servers, options)
+            _shard_states(servers, typed)
         else:
             for server in servers:
                 RedisAddress.parse(server)
     except ConfigurationError as exc:
         found.append((3, str(exc)))
     try:
-        if "HASH" in options:
-            make_selector(options["HASH"], ["a", "b"])
-        if kind == "memcache":
-            _shard_func(options.get("SHARD_FUNC", "crc32"))
-        if kind == "sentinel" and not _masters(options):
-            raise ConfigurationError("OPTIONS['MASTERS'] must name one master or several")
+        if "HASH" in typed:
+            make_selector(typed["HASH"], ["a", "b"])
     except ConfigurationError as exc:
-        found.append((4, str(exc)))
+        found.append((4, f"OPTIONS['HASH']: {exc}"))
     try:
-        resolve_strategy(options.get("SERIALIZER", "pickle"), SERIALIZERS, "serializer")
-        if options.get("COMPRESSOR") is not None:
-            resolve_strategy(options["COMPRESSOR"], COMPRESSORS, "compressor")
+        if kind == "memcache":
+            _shard_func(typed.get("SHARD_FUNC", "crc32"))
     except ConfigurationError as exc:
-        found.append((5, str(exc)))
-    return found
+        found.append((4, f"OPTIONS['SHARD_FUNC']: {exc}"))
+    if kind == "sentinel" and not _masters(typed):
+        found.append((4, "OPTIONS['MASTERS'] must name one master or several"))
+    codec_checks = {
+        "SERIALIZER": lambda v: resolve_strategy(v, SERIALIZERS, "serializer"),
+        "COMPRESSOR": lambda v: v is None or resolve_strategy(v, COMPRESSORS, "compressor"),
+        "SIGNING_SECRET": lambda v: v is None or Codec(PickleSerializer(), signing_secret=v),
+    }
+    for name, check in codec_checks.items():
+        try:
+            check(typed.get(name, "pickle" if name == "SERIALIZER" else None))
+        except ConfigurationError as exc:
+            found.append((5, f"OPTIONS[{name!r}]: {exc}"))
+    return Settings(kind, tuple(servers), MappingProxyType(typed)), found
+
+
+def problems(kind: str, location: Any, options: Mapping[str, Any]) -> list[tuple[int, str]]:
+    """What is wrong with a ``CACHES`` entry, as ``(check number, message)`` pairs."""
+    return read_settings(kind, location, options)[1]
+
+
+def settings_of(kind: str, location: Any, options: Mapping[str, Any]) -> Settings:
+    """The entry's `Settings`, or `ConfigurationError` naming each problem."""
+    settings, found = read_settings(kind, location, options)
+    if found:
+        raise ConfigurationError("; ".join(f"shardcache.E00{n}: {m}" for n, m in found))
+    return settings
 
 
 def _shard_func(spec: Any) -> Any:
@@ -158,22 +265,13 @@ def _masters(options: Mapping[str, Any]) -> list[str]:
     return [masters] if isinstance(masters, str) else list(masters or [])
 
 
-def _checked(kind: str, location: Any, options: Mapping[str, Any]) -> None:
-    found = problems(kind, location, options)
-    if found:
-        text = "; ".join(f"shardcache.E00{n}: {m}" for n, m in found)
-        raise ConfigurationError(text)
-
-
-def build_topology(kind: str, location: Any, options: Mapping[str, Any]) -> Topology:
-    """A new topology for an entry (`ConfigurationError` naming each problem when it is
-    not valid). Backends share them through `shardcache.registry` instead of calling this."""
-    _checked(kind, location, options)
-    servers = parse_location(location)
-    o = dict(options)
+def build_topology(settings: Settings) -> Topology:
+    """A new topology for valid settings (`settings_of`). Backends share them through
+    `shardcache.registry` instead of calling this."""
+    kind, servers, o = settings.kind, list(settings.servers), settings.options
     timeouts: dict[str, Any] = {
-        "connect_timeout": float(o.get("CONNECT_TIMEOUT", 1.0)),
-        "read_timeout": float(o.get("SOCKET_TIMEOUT", 3.0)),
+        "connect_timeout": o.get("CONNECT_TIMEOUT", 1.0),
+        "read_timeout": o.get("SOCKET_TIMEOUT", 3.0),
     }
     tls = {name.lower(): o[name] for name in _TLS if name in o}
     credentials: dict[str, Any] = {"username": o.get("USERNAME"), "password": o.get("PASSWORD")}
@@ -181,7 +279,7 @@ def build_topology(kind: str, location: Any, options: Mapping[str, Any]) -> Topo
         return HashPool(
             servers,
             hash=o.get("HASH", "fnv1a_32"),
-            max_connections_per_instance=int(o.get("MAX_CONNECTIONS", 64)),
+            max_connections_per_instance=o.get("MAX_CONNECTIONS", 64),
             **timeouts,
             **credentials,
             **tls,
@@ -189,9 +287,9 @@ def build_topology(kind: str, location: Any, options: Mapping[str, Any]) -> Topo
     if kind == "cluster":
         return Cluster(
             servers,
-            read_from_replicas=bool(o.get("READ_FROM_REPLICAS", False)),
-            max_attempts=int(o.get("MAX_ATTEMPTS", 5)),
-            max_connections_per_node=int(o.get("MAX_CONNECTIONS", 64)),
+            read_from_replicas=o.get("READ_FROM_REPLICAS", False),
+            max_attempts=o.get("MAX_ATTEMPTS", 5),
+            max_connections_per_node=o.get("MAX_CONNECTIONS", 64),
             **timeouts,
             **credentials,
             **tls,
@@ -200,13 +298,13 @@ def build_topology(kind: str, location: Any, options: Mapping[str, Any]) -> Topo
         return SentinelClient(
             servers,
             _masters(o),
-            pool_size=int(o.get("MAX_CONNECTIONS", 64)),
+            pool_size=o.get("MAX_CONNECTIONS", 64),
             hash=o.get("HASH", "fnv1a_32"),
-            db=int(o.get("DB", 0)),
+            db=o.get("DB", 0),
             sentinel_username=o.get("SENTINEL_USERNAME"),
             sentinel_password=o.get("SENTINEL_PASSWORD"),
-            failover_pause=float(o.get("FAILOVER_PAUSE", 5.0)),
-            read_from_replicas=bool(o.get("READ_FROM_REPLICAS", False)),
+            failover_pause=o.get("FAILOVER_PAUSE", 5.0),
+            read_from_replicas=o.get("READ_FROM_REPLICAS", False),
             **timeouts,
             **credentials,
         )
@@ -215,26 +313,26 @@ def build_topology(kind: str, location: Any, options: Mapping[str, Any]) -> Topo
         _shard_func(o.get("SHARD_FUNC", "crc32")),
         connect_timeout=timeouts["connect_timeout"],
         timeout=timeouts["read_timeout"],
-        max_pool_size=int(o.get("MAX_CONNECTIONS", 64)),
-        retry_timeout=float(o.get("RETRY_TIMEOUT", 2.0)),
+        max_pool_size=o.get("MAX_CONNECTIONS", 64),
+        retry_timeout=o.get("RETRY_TIMEOUT", 2.0),
     )
     client = ShardedMemcacheClient(
-        manager, invalidate_non_active=bool(o.get("INVALIDATE_NON_ACTIVE", False))
+        manager, invalidate_non_active=o.get("INVALIDATE_NON_ACTIVE", False)
     )
     return MemcacheTopology(client)
 
 
-def build_cache(topology: Topology, options: Mapping[str, Any], *, prefix: str = "") -> Cache:
-    """A `Cache` on ``topology`` with an entry's codec options (Django makes its own keys,
-    so it passes no ``prefix``)."""
-    o = dict(options)
+def build_cache(topology: Topology, settings: Settings, *, prefix: str = "") -> Cache:
+    """A `Cache` on ``topology`` with the settings' codec options (Django makes its own
+    keys, so it passes no ``prefix``)."""
+    o = settings.options
     return Cache(
         topology,
         prefix=prefix,
         serializer=o.get("SERIALIZER", "pickle"),
         compressor=o.get("COMPRESSOR"),
-        compress_threshold=int(o.get("COMPRESS_THRESHOLD", 1024)),
+        compress_threshold=o.get("COMPRESS_THRESHOLD", 1024),
         signing_secret=o.get("SIGNING_SECRET"),
-        max_value_size=int(o.get("MAX_VALUE_SIZE", MAX_VALUE_SIZE)),
-        ignore_errors=bool(o.get("IGNORE_ERRORS", False)),
+        max_value_size=o.get("MAX_VALUE_SIZE", MAX_VALUE_SIZE),
+        ignore_errors=o.get("IGNORE_ERRORS", False),
     )

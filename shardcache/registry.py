@@ -24,7 +24,7 @@ import threading
 from collections.abc import Hashable, Mapping
 from typing import Any
 
-from shardcache.backends import CODEC_OPTIONS, build_cache, build_topology, parse_location
+from shardcache.backends import CODEC_OPTIONS, Settings, build_cache, build_topology, settings_of
 from shardcache.cache import Cache
 from shardcache.lifecycle import forget_after_fork
 from shardcache.protocols import Topology
@@ -65,46 +65,40 @@ class Registry:
     def _after_fork(self) -> None:
         self._lock = threading.Lock()  # the topologies themselves reset what they own
 
-    @staticmethod
-    def _topology_key(kind: str, location: Any, options: Mapping[str, Any]) -> Hashable:
-        wire = {k: v for k, v in options.items() if k not in CODEC_OPTIONS}
-        return (kind, tuple(parse_location(location)), _frozen(wire))
-
     def topology(self, kind: str, location: Any, options: Mapping[str, Any]) -> Topology:
         """The shared topology of a valid backend entry (built now if there is none, or if
         the one there was closed). Bad settings raise `ConfigurationError`."""
-        key = self._topology_key(kind, location, options)
-        found = self._topologies.get(key)
-        if found is not None and not found.closed:
-            return found
+        settings = settings_of(kind, location, options)
         with self._lock:
-            return self._topology_locked(key, kind, location, options)
+            return self._topology_locked(settings)
 
-    def _topology_locked(
-        self, key: Hashable, kind: str, location: Any, options: Mapping[str, Any]
-    ) -> Topology:
+    def _topology_locked(self, settings: Settings) -> Topology:
+        wire = {k: v for k, v in settings.options.items() if k not in CODEC_OPTIONS}
+        key = (settings.kind, settings.servers, _frozen(wire))
         found = self._topologies.get(key)
         if found is None or found.closed:
-            found = self._topologies[key] = build_topology(kind, location, options)
-            self._kept[key] = options
+            found = self._topologies[key] = build_topology(settings)
+            self._kept[key] = settings
         return found
 
     def cache(
         self, kind: str, location: Any, options: Mapping[str, Any], *, prefix: str = ""
     ) -> Cache:
         """The shared `Cache` of a valid backend entry and key prefix, on the shared topology.
-        Per call this is one dictionary lookup; the first call builds it under a lock."""
-        topology_key = self._topology_key(kind, location, options)
-        codec = {k: v for k, v in options.items() if k in CODEC_OPTIONS}
-        key = (topology_key, _frozen(codec), prefix)
+        Per call this is one dictionary lookup on the entry as given; the first call reads
+        the settings (aliases resolved: spellings of one entry share a topology) and builds,
+        under a lock."""
+        key = (kind, _frozen(location), _frozen(options), prefix)
         found = self._caches.get(key)
         if found is not None and not found.topology.closed:
             return found
         with self._lock:
             found = self._caches.get(key)
             if found is None or found.topology.closed:
-                topology = self._topology_locked(topology_key, kind, location, options)
-                found = self._caches[key] = build_cache(topology, options, prefix=prefix)
+                settings = settings_of(kind, location, options)
+                topology = self._topology_locked(settings)
+                found = self._caches[key] = build_cache(topology, settings, prefix=prefix)
+                self._kept[key] = (location, options)
         return found
 
     def topologies(self) -> list[Topology]:

@@ -18,7 +18,8 @@ def test_codec_options_and_prefixes_share_a_topology_connection_options_do_not(
     urls = clean_redis_pool_servers.urls
     plain = registry.cache("hashpool", urls, {})
     zstd = registry.cache("hashpool", urls, {"COMPRESSOR": "zstd"}, prefix="app:")
-    assert registry.cache("hashpool", ",".join(urls), {}) is plain  # the same entry, spelled
+    assert registry.cache("hashpool", urls, {}) is plain
+    assert registry.cache("hashpool", ",".join(urls), {}).topology is plain.topology  # spelled
     assert zstd is not plain
     assert zstd.topology is plain.topology is registry.topology("hashpool", urls, {})
     slower = registry.topology("hashpool", urls, {"SOCKET_TIMEOUT": 10})
