@@ -297,7 +297,7 @@ def test_slot_map_falls_back_to_cluster_slots_when_shards_is_refused(
         with pytest.raises(CommandError, match=r"(?i)noperm|permission"):
             limited.node(address).shard.execute(b"CLUSTER", b"SHARDS")
         full = cluster_for(clean_redis_cluster)
-        assert [n.id for n in limited._owners] == [n.id for n in full._owners]
+        assert [n.id for n in limited._map.owners] == [n.id for n in full._map.owners]
         assert Cache(limited).set("k", 1)
         stats = limited.stats()
         assert sorted(s["role"] for s in stats.values()) == ["master"] * 3 + ["slave"] * 3
@@ -308,3 +308,20 @@ def test_slot_map_falls_back_to_cluster_slots_when_shards_is_refused(
         for node in clean_redis_cluster.nodes:
             with node.client() as conn:
                 conn.acl_deluser("old")
+
+
+def test_a_moved_slot_keeps_its_replicas_in_a_new_map() -> None:
+    from shardcache.hashing import CLUSTER_SLOTS
+    from shardcache.topologies.cluster import _SlotMap
+
+    old_owner, new_owner = object(), object()
+    before = _SlotMap(
+        ("a:1",) * CLUSTER_SLOTS,
+        (("b:1", "c:1"),) * CLUSTER_SLOTS,
+        (old_owner,) * CLUSTER_SLOTS,  # type: ignore[arg-type]
+    )
+    after = before.moved(7, "b:1", new_owner)  # type: ignore[arg-type]
+    assert (after.masters[7], after.replicas[7], after.owners[7]) == ("b:1", ("c:1",), new_owner)
+    assert (before.masters[7], before.replicas[7]) == ("a:1", ("b:1", "c:1"))  # untouched
+    assert after.masters[8] == "a:1"
+    assert after.replicas[8] == ("b:1", "c:1")

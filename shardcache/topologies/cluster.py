@@ -57,10 +57,23 @@ _SPLITTABLE: dict[bytes, tuple[bytes, Callable[[list[Any]], Any]]] = {
 
 @dataclass(frozen=True)
 class _SlotMap:
-    """Who serves each slot: a master and its replicas (``host:port`` names)."""
+    """Who serves each slot: a master and its replicas (``host:port`` names), and the master
+    nodes themselves for the hot path. Never changed in place: a refresh or a MOVED builds a
+    new one, swapped in by one assignment, so no reader sees half of an update."""
 
-    masters: list[str | None]
-    replicas: list[tuple[str, ...]]
+    masters: tuple[str | None, ...]
+    replicas: tuple[tuple[str, ...], ...]
+    owners: tuple[ClusterNode, ...] = ()
+
+    def moved(self, slot_number: int, address: str, owner: ClusterNode) -> _SlotMap:
+        """This map with ``slot_number`` served by ``address`` now. The slot keeps the
+        replicas it had (less the new owner): after a failover they follow the promoted
+        replica, and after a reshard a stale one answers MOVED, which is followed."""
+        masters, replicas, owners = list(self.masters), list(self.replicas), list(self.owners)
+        masters[slot_number] = address
+        replicas[slot_number] = tuple(r for r in replicas[slot_number] if r != address)
+        owners[slot_number] = owner
+        return _SlotMap(tuple(masters), tuple(replicas), tuple(owners))
 
 
 class Cluster:
@@ -116,8 +129,8 @@ class Cluster:
         self._nodes_lock = threading.Lock()
         self._refresh_lock = threading.Lock()
         self._refreshed_at = 0.0
-        self._map = _SlotMap([None] * CLUSTER_SLOTS, [()] * CLUSTER_SLOTS)
-        self._owners: list[ClusterNode] = []  # the master node of each slot, for the hot path
+        self._map = _SlotMap((None,) * CLUSTER_SLOTS, ((),) * CLUSTER_SLOTS)
+        self._map_lock = threading.Lock()  # patches from concurrent MOVED replies in turn
         self._slot_memo: dict[bytes, int] = {}
         self._redis: redis.cluster.RedisCluster | None = None
         self.closed = False
@@ -128,6 +141,7 @@ class Cluster:
         # A parent thread may have held these at the fork: the child makes its own.
         self._nodes_lock = threading.Lock()
         self._refresh_lock = threading.Lock()
+        self._map_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"<Cluster {sorted({m for m in self._map.masters if m})}>"
@@ -173,8 +187,9 @@ class Cluster:
                     errors.append(f"{address}: {exc}")
                     continue
                 nodes = {a: self.node(a) for a in set(new_map.masters) if a}
-                self._owners = [nodes[a] for a in new_map.masters if a]
-                self._map = new_map
+                owners = tuple(nodes[a] for a in new_map.masters if a)
+                with self._map_lock:
+                    self._map = _SlotMap(new_map.masters, new_map.replicas, owners)
                 self._refreshed_at = time.monotonic()
                 return
         raise ShardUnavailableError(
@@ -215,16 +230,16 @@ class Cluster:
                     replicas[number] = copies
         if None in masters:
             raise ValueError(f"slot {masters.index(None)} has no master (cluster incomplete)")
-        return _SlotMap(masters, replicas)
+        return _SlotMap(tuple(masters), tuple(replicas))
 
     def _learn(self, redirect: Redirect) -> None:
         # A MOVED reply is the news that one slot changed owner: patch just that slot.
-        self._map.masters[redirect.slot] = redirect.address
-        self._map.replicas[redirect.slot] = ()
-        self._owners[redirect.slot] = self.node(redirect.address)
+        owner = self.node(redirect.address)
+        with self._map_lock:
+            self._map = self._map.moved(redirect.slot, redirect.address, owner)
 
     def master_of(self, slot_number: int) -> ClusterNode:
-        return self._owners[slot_number]
+        return self._map.owners[slot_number]
 
     def _route(self, slot_number: int, read: bool) -> ClusterNode:
         if read and self.read_from_replicas:
@@ -381,7 +396,7 @@ class Cluster:
             else:
                 run.append(key)
         groups: dict[Shard, list[list[bytes]]] = {}
-        owners = self._owners
+        owners = self._map.owners
         replicas = read and self.read_from_replicas
         for number, run in by_slot.items():
             node = self._route(number, True) if replicas else owners[number]
