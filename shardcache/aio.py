@@ -27,7 +27,13 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from shardcache.connections import _NOT_ENOUGH_DATA, IO_ERRORS, _hiredis_pack, _pack, _pack_many
+from shardcache.connections import (
+    IO_ERRORS,
+    REPLY_TYPES,
+    _HiredisReader,
+    _pack,
+    _pack_many,
+)
 from shardcache.errors import ClosedError, CommandError, ShardUnavailableError
 
 if sys.version_info >= (3, 11):
@@ -255,17 +261,19 @@ class AsyncConnectionPool:
         reader = getattr(parser, "_reader", None)
         refill = getattr(parser, "read_from_socket", None)
         replies: list[Any] = []
-        if _hiredis_pack is not None and reader is not None and refill is not None:
-            gets = reader.gets
+        if _HiredisReader is not None and isinstance(reader, _HiredisReader) and refill:
+            gets, reply_types = reader.gets, REPLY_TYPES
             async with _deadline(self._read_timeout):
                 while len(replies) < count:
                     reply = gets()
-                    if reply is _NOT_ENOUGH_DATA:
-                        await refill()
+                    if reply.__class__ in reply_types:
+                        replies.append(reply)
                     elif isinstance(reply, redis.ConnectionError):
                         raise reply
-                    else:
+                    elif isinstance(reply, Exception):
                         replies.append(reply)
+                    else:
+                        await refill()
             return replies
         for _ in range(count):
             try:

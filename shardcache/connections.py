@@ -40,13 +40,17 @@ READ_COMMANDS = frozenset({b"GET", b"MGET", b"EXISTS", b"PTTL", b"TTL"})
 
 _hiredis_pack: Any
 _HiredisReader: Any
-_NOT_ENOUGH_DATA: Any
 try:
     from hiredis import Reader as _HiredisReader
     from hiredis import pack_command as _hiredis_pack
-    from redis._parsers.hiredis import NOT_ENOUGH_DATA as _NOT_ENOUGH_DATA
-except ImportError:  # pragma: no cover - hiredis is optional; redis-py may move its marker
-    _hiredis_pack = _HiredisReader = _NOT_ENOUGH_DATA = None
+except ImportError:  # pragma: no cover - hiredis is optional
+    _hiredis_pack = _HiredisReader = None
+
+# What a RESP2 reply is, as hiredis hands it back (errors aside). Anything else that
+# ``gets()`` returns is its "not enough data yet" marker, whichever object redis-py chose
+# for it (its own private one today, hiredis's False by default): so no marker can ever be
+# taken for a reply, and no private name of redis-py is needed.
+REPLY_TYPES = frozenset({bytes, str, int, list, type(None)})
 
 
 def send_readonly(conn: AbstractConnection) -> None:
@@ -76,16 +80,18 @@ def _read_many(conn: AbstractConnection, count: int) -> list[Any]:
     reader = getattr(parser, "_reader", None)
     refill = getattr(parser, "read_from_socket", None)
     replies: list[Any] = []
-    if _NOT_ENOUGH_DATA is not None and isinstance(reader, _HiredisReader) and refill:
-        gets = reader.gets
+    if _HiredisReader is not None and isinstance(reader, _HiredisReader) and refill:
+        gets, reply_types = reader.gets, REPLY_TYPES
         while len(replies) < count:
             reply = gets()
-            if reply is _NOT_ENOUGH_DATA:
-                refill()
+            if reply.__class__ in reply_types:
+                replies.append(reply)
             elif isinstance(reply, RedisConnectionError):
                 raise reply
+            elif isinstance(reply, Exception):
+                replies.append(reply)  # an error reply, in its place
             else:
-                replies.append(reply)
+                refill()  # not a whole reply yet
         return replies
     read = getattr(parser, "read_response", None) or conn.read_response
     for _ in range(count):
@@ -361,7 +367,7 @@ class RedisShard:
         """
         pool = self.pool
         conn = pool.acquire()
-        reused = conn._sock is not None
+        reused = getattr(conn, "_sock", None) is not None
         connecting = not reused
         try:
             conn.send_packed_command(_pack(conn, args), check_health=False)
@@ -387,7 +393,7 @@ class RedisShard:
     def begin(self, commands: Sequence[Sequence[Any]]) -> Batch:
         """Send ``commands`` in one write; read their replies with `Batch.finish`."""
         conn = self.pool.acquire()
-        reused = conn._sock is not None
+        reused = getattr(conn, "_sock", None) is not None
         try:
             conn.send_packed_command(_pack_many(conn, commands), check_health=False)
         except IO_ERRORS as exc:

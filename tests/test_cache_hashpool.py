@@ -354,3 +354,27 @@ def test_tls_servers_through_rediss_urls() -> None:
         with pytest.raises(ShardUnavailableError, match=r"(?i)certificate verify failed"):
             untrusting.get("k1")
         pool.close()
+
+
+@pytest.mark.parametrize("marker", ["hiredis default", "another object"])
+def test_no_not_enough_data_marker_is_ever_taken_for_a_reply(pool: HashPool, marker: str) -> None:
+    # redis-py hands its hiredis reader a private marker; whatever it passes (or if it stops
+    # passing one), partial reads must be waited for, never returned as values.
+    import hiredis
+    from redis.exceptions import ResponseError
+
+    cache = Cache(pool, prefix="t:")
+    big = {f"k{i}": "v" * 50_000 for i in range(40)}  # replies arrive in many reads
+    cache.set_many(big)
+    shard = pool.shards()[0]
+    conn = shard.pool.acquire()
+    conn.connect()
+    options: dict[str, Any] = {"replyError": ResponseError}
+    if marker == "another object":
+        options["notEnoughData"] = object()
+    conn._parser._reader = hiredis.Reader(**options)  # type: ignore[union-attr]
+    shard.pool.release(conn)
+    keys = [cache.make_key(k) for k in big if pool.index(cache.make_key(k)) == 0]
+    replies = shard.pipeline([(b"GET", k) for k in keys] + [(b"INCR", keys[0])])
+    assert all(isinstance(reply, bytes) and len(reply) > 50_000 for reply in replies[:-1])
+    assert "not an integer" in str(replies[-1])
