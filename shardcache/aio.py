@@ -25,7 +25,6 @@ import redis.asyncio.connection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shardcache.connections import (
     IO_ERRORS,
@@ -33,6 +32,7 @@ from shardcache.connections import (
     _HiredisReader,
     _pack,
     _pack_many,
+    after_failure,
 )
 from shardcache.errors import ClosedError, CommandError, ShardUnavailableError
 
@@ -188,21 +188,23 @@ class AsyncConnectionPool:
         `CommandError`; a socket error `ShardUnavailableError`, after one retry on a fresh
         connection for an ``idempotent`` command whose pooled connection had gone stale."""
         conn = await self.acquire()
-        reused = conn.is_connected
-        connecting = True
+        reused = connected = conn.is_connected
         try:
+            if not connected:
+                await conn.connect()
+                connected = True
             await conn.send_packed_command(_pack(conn, args), check_health=False)  # type: ignore[arg-type]
-            connecting = False
             reply = await conn.read_response()
         except ResponseError as exc:
             self.release(conn)
             raise CommandError(str(exc), shard=self.name, key=key, reply=exc) from exc
         except _ASYNC_IO_ERRORS as exc:
             self.discard(conn)
-            if idempotent and reused and not isinstance(exc, RedisTimeoutError | TimeoutError):
+            sent, again = after_failure(connected, reused, idempotent, exc)
+            if again:
                 return await self.execute(args, key, False)
             raise ShardUnavailableError(
-                str(exc) or type(exc).__name__, shard=self.name, key=key, sent=not connecting
+                str(exc) or type(exc).__name__, shard=self.name, key=key, sent=sent
             ) from exc
         except BaseException:
             self.discard(conn)  # cancelled mid-reply: the connection is out of step
@@ -221,13 +223,17 @@ class AsyncConnectionPool:
         """Send ``commands`` in one write; `finish` reads their replies. Beginning on every
         shard before finishing any lets the shards work at once, without a task each."""
         conn = await self.acquire()
-        reused = conn.is_connected
+        connected = conn.is_connected
         try:
+            if not connected:
+                await conn.connect()
+                connected = True
             await conn.send_packed_command(_pack_many(conn, commands), check_health=False)  # type: ignore[arg-type]
         except _ASYNC_IO_ERRORS as exc:
             self.discard(conn)
+            sent, _ = after_failure(connected, connected, False, exc)
             raise ShardUnavailableError(
-                str(exc) or type(exc).__name__, shard=self.name, sent=reused
+                str(exc) or type(exc).__name__, shard=self.name, sent=sent
             ) from exc
         except BaseException:
             self.discard(conn)

@@ -413,6 +413,9 @@ class Cache:
         """`touch`, under django-redis's name."""
         return self.touch(key, ttl)
 
+    async def aexpire(self, key: Key, ttl: float | None) -> bool:
+        return await self.atouch(key, ttl)
+
     def persist(self, key: Key) -> bool:
         """Remove ``key``'s expiry; True if the key exists."""
         return self._sync(self._persist(key))

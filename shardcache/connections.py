@@ -30,7 +30,14 @@ from shardcache.lifecycle import end_watch, forget_after_fork, until_loop_ends
 if TYPE_CHECKING:
     from shardcache.aio import AsyncConnectionPool
 
-__all__ = ["READ_COMMANDS", "Batch", "ConnectionPool", "RecoveringBatch", "RedisShard"]
+__all__ = [
+    "READ_COMMANDS",
+    "Batch",
+    "ConnectionPool",
+    "RecoveringBatch",
+    "RedisShard",
+    "after_failure",
+]
 
 # Socket-level failures: the connection is unusable and the outcome of the command unknown.
 IO_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
@@ -51,6 +58,23 @@ except ImportError:  # pragma: no cover - hiredis is optional
 # for it (its own private one today, hiredis's False by default): so no marker can ever be
 # taken for a reply, and no private name of redis-py is needed.
 REPLY_TYPES = frozenset({bytes, str, int, list, type(None)})
+
+
+def after_failure(
+    connected: bool, reused: bool, idempotent: bool, error: BaseException
+) -> tuple[bool, bool]:
+    """The one retry rule, for the sync and asyncio paths alike: for a command whose
+    connection failed, ``(sent, again)``.
+
+    ``sent``: whether it may have reached the server, which is as soon as there was a
+    connection to write to (a batch may go out in part, and the server runs every whole
+    command it got); only a connection that could not be made certainly carried nothing.
+    ``again``: whether to run it once more on a fresh connection: only an idempotent command,
+    on a pooled connection that had gone stale, and never after a timeout (a call never
+    waits more than its timeout).
+    """
+    timed_out = isinstance(error, RedisTimeoutError | TimeoutError | asyncio.TimeoutError)
+    return connected, idempotent and reused and not timed_out
 
 
 def send_readonly(conn: AbstractConnection) -> None:
@@ -367,23 +391,22 @@ class RedisShard:
         """
         pool = self.pool
         conn = pool.acquire()
-        reused = getattr(conn, "_sock", None) is not None
-        connecting = not reused
+        reused = connected = getattr(conn, "_sock", None) is not None
         try:
+            if not connected:
+                conn.connect()
+                connected = True
             conn.send_packed_command(_pack(conn, args), check_health=False)
-            connecting = False
             reply = conn.read_response()
         except ResponseError as exc:
             pool.release(conn)
             raise CommandError(str(exc), shard=self.id, key=key, reply=exc) from exc
         except IO_ERRORS as exc:
             pool.discard(conn)
-            if idempotent and reused and not isinstance(exc, RedisTimeoutError):
+            sent, again = after_failure(connected, reused, idempotent, exc)
+            if again:
                 return self.execute(*args, key=key, idempotent=False)
-            # A connection that could not be made never carried the command.
-            raise ShardUnavailableError(
-                str(exc), shard=self.id, key=key, sent=not connecting
-            ) from exc
+            raise ShardUnavailableError(str(exc), shard=self.id, key=key, sent=sent) from exc
         except BaseException:
             pool.discard(conn)
             raise
@@ -393,12 +416,16 @@ class RedisShard:
     def begin(self, commands: Sequence[Sequence[Any]]) -> Batch:
         """Send ``commands`` in one write; read their replies with `Batch.finish`."""
         conn = self.pool.acquire()
-        reused = getattr(conn, "_sock", None) is not None
+        connected = getattr(conn, "_sock", None) is not None
         try:
+            if not connected:
+                conn.connect()
+                connected = True
             conn.send_packed_command(_pack_many(conn, commands), check_health=False)
         except IO_ERRORS as exc:
             self.pool.discard(conn)
-            raise ShardUnavailableError(str(exc), shard=self.id, sent=reused) from exc
+            sent, _ = after_failure(connected, connected, False, exc)
+            raise ShardUnavailableError(str(exc), shard=self.id, sent=sent) from exc
         except BaseException:
             self.pool.discard(conn)
             raise

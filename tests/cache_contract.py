@@ -525,3 +525,9 @@ class CacheContract:
                 signed.incr(7)  # type: ignore[arg-type]
             assert signed.get("n") == 1
             assert signed.get("text") == "abc"
+
+    def test_aexpire_is_expires_twin(self, cache: Cache) -> None:
+        cache.set("k", 1)
+        assert asyncio.run(cache.aexpire("k", 60)) is True
+        assert 0 < (cache.ttl("k") or 0) <= 60
+        assert asyncio.run(cache.aexpire("missing", 60)) is False

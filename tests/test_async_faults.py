@@ -185,3 +185,56 @@ def test_pools_of_a_closed_topology_are_not_reused(
 
     asyncio.run(scenario())
     assert len(seen) == 3
+
+
+@pytest.mark.parametrize("path", ["sync", "async"])
+def test_a_connection_reset_mid_send_counts_as_sent_so_nothing_is_replayed(
+    clean_redis_pool_servers: StandaloneRedis, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    # The fault: the connection dies after the first of two commands went out whole. The
+    # server ran that one, so the failure must say "sent": that is what keeps every retry
+    # path (sentinel and cluster recovery included) from running the writes again.
+    import hiredis
+    import redis
+    import redis.asyncio
+
+    pool = HashPool(clean_redis_pool_servers.urls[:1])
+    shard = pool.shards()[0]
+    commands = [(b"INCR", b"counter"), (b"INCR", b"counter")]
+    cut = len(hiredis.pack_command(commands[0])) + 3  # all of the first, some of the second
+
+    send, asend = redis.Connection.send_packed_command, redis.asyncio.Connection.send_packed_command
+
+    def half_then_reset(self: Any, command: Any, check_health: bool = True) -> None:
+        data = b"".join(command) if isinstance(command, list) else command
+        if b"INCR" not in data:  # the handshake (HELLO, CLIENT SETINFO...) goes through
+            return send(self, command, check_health)
+        self._sock.sendall(data[:cut])
+        raise redis.ConnectionError("connection reset mid-send")
+
+    async def ahalf_then_reset(self: Any, command: Any, check_health: bool = True) -> None:
+        data = b"".join(command) if isinstance(command, list) else command
+        if b"INCR" not in data:
+            return await asend(self, command, check_health)
+        self._writer.write(data[:cut])
+        await self._writer.drain()
+        raise redis.ConnectionError("connection reset mid-send")
+
+    monkeypatch.setattr(redis.Connection, "send_packed_command", half_then_reset)
+    monkeypatch.setattr(redis.asyncio.Connection, "send_packed_command", ahalf_then_reset)
+
+    async def begin_async() -> None:
+        await shard.async_pool().begin(commands)  # type: ignore[union-attr]
+
+    def begin() -> None:  # a fresh connection: made, then reset while sending
+        if path == "sync":
+            shard.begin(commands)
+        else:
+            asyncio.run(begin_async())
+
+    with pytest.raises(ShardUnavailableError) as failed:
+        begin()
+    assert failed.value.sent is True
+    monkeypatch.undo()
+    assert int(shard.execute(b"GET", b"counter")) == 1  # the first one did run
+    pool.close()
