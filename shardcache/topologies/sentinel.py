@@ -71,6 +71,20 @@ def _is_demoted(error: CommandError) -> bool:
     return isinstance(error.reply, ReadOnlyError)
 
 
+def _sentinel_addresses(sentinels: Sequence[str | tuple[str, int]]) -> list[tuple[str, int]]:
+    if isinstance(sentinels, str) or not sentinels:
+        raise ConfigurationError("SentinelClient needs a list of sentinel addresses")
+    addresses = []
+    for item in sentinels:
+        parsed = (
+            RedisAddress(host=item[0], port=int(item[1]))
+            if isinstance(item, tuple)
+            else RedisAddress.parse(item)
+        )
+        addresses.append((parsed.host, parsed.port))
+    return addresses
+
+
 class SentinelClient:
     """Named masters found through sentinels, one bounded connection pool each.
 
@@ -100,18 +114,9 @@ class SentinelClient:
         failover_pause: float = 5.0,
         read_from_replicas: bool = False,
     ) -> None:
+        # 1. parse (no I/O)
         if isinstance(names, str) or not names:
             raise ConfigurationError("SentinelClient needs a list of one or more master names")
-        if isinstance(sentinels, str) or not sentinels:
-            raise ConfigurationError("SentinelClient needs a list of sentinel addresses")
-        addresses = []
-        for item in sentinels:
-            parsed = (
-                RedisAddress(host=item[0], port=int(item[1]))
-                if isinstance(item, tuple)
-                else RedisAddress.parse(item)
-            )
-            addresses.append((parsed.host, parsed.port))
         sentinel_kwargs: dict[str, Any] = {
             "socket_connect_timeout": connect_timeout,
             "socket_timeout": read_timeout,
@@ -121,7 +126,9 @@ class SentinelClient:
             sentinel_kwargs["username"] = sentinel_username
         if sentinel_password is not None:
             sentinel_kwargs["password"] = sentinel_password
-        self.sentinel = redis.sentinel.Sentinel(addresses, sentinel_kwargs=sentinel_kwargs)
+        self.sentinel = redis.sentinel.Sentinel(
+            _sentinel_addresses(sentinels), sentinel_kwargs=sentinel_kwargs
+        )
         self.names = list(names)
         self._pool_size = pool_size
         self._pool_timeout = connect_timeout
@@ -134,27 +141,33 @@ class SentinelClient:
             "username": username,
             "password": password,
         }
-        self._lock = threading.Lock()
-        self._current: dict[str, RedisShard] = {}
+        self._select = make_selector(hash, self.names)
+        self.read_from_replicas = read_from_replicas
+        self.failover_pause = failover_pause
+        self.closed = False
+        self._watch = watch
         self._asked_at: dict[str, float] = {}
         self._epochs: dict[str, int] = {}  # the newest config epoch a sentinel answered
         self._moved_on_event: set[str] = set()  # followed an event since that answer
         self._lent: dict[int, tuple[AbstractConnection, RedisShard]] = {}
         self._replicas: dict[str, RedisShard] = {}  # one pool per replica address
         self._replicas_of: dict[str, list[str]] = {}  # each name's healthy replicas
-        for name in self.names:
-            address, self._epochs[name] = self.ask(name)
-            self._current[name] = self._pool_for(address)
         self._masters = [SentinelMaster(self, name) for name in self.names]
-        self.read_from_replicas = read_from_replicas
         self._readers = [SentinelReplicaReads(master) for master in self._masters]
-        self._select = make_selector(hash, self.names)
-        self.closed = False
-        self.failover_pause = failover_pause
-        self._watch = watch
         self._fresh_threads()
+        # 2. discover each name's master (asks the sentinels)
+        self._current = self._discover()
+        # 3. start the watchers
         self._start_watchers()
         forget_after_fork(self)
+
+    def _discover(self) -> dict[str, RedisShard]:
+        """Each name's master as the sentinels see it now, with a pool to it."""
+        current = {}
+        for name in self.names:
+            address, self._epochs[name] = self.ask(name)
+            current[name] = self._pool_for(address)
+        return current
 
     def __repr__(self) -> str:
         return f"<SentinelClient {self.masters_now()}>"
