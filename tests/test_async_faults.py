@@ -194,14 +194,14 @@ def test_a_connection_reset_mid_send_counts_as_sent_so_nothing_is_replayed(
     # The fault: the connection dies after the first of two commands went out whole. The
     # server ran that one, so the failure must say "sent": that is what keeps every retry
     # path (sentinel and cluster recovery included) from running the writes again.
-    import hiredis
     import redis
     import redis.asyncio
 
     pool = HashPool(clean_redis_pool_servers.urls[:1])
     shard = pool.shards()[0]
     commands = [(b"INCR", b"counter"), (b"INCR", b"counter")]
-    cut = len(hiredis.pack_command(commands[0])) + 3  # all of the first, some of the second
+    first = b"".join(redis.Connection().pack_command(*commands[0]))
+    cut = len(first) + 3  # all of the first command, some of the second
 
     send, asend = redis.Connection.send_packed_command, redis.asyncio.Connection.send_packed_command
 

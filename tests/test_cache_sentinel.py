@@ -360,10 +360,23 @@ def test_read_from_replicas_sends_cache_reads_to_replicas_and_falls_back_to_the_
     cache = Cache(client, prefix="t:")
     values = {f"k{i}": i for i in range(40)}
     cache.set_many(values)
-    for name in NAMES:  # replication is asynchronous: wait until the replicas have it all
-        with clean_redis_sentinel.master(name).client() as conn:
-            assert conn.wait(1, 5000) >= 1
     replicas = [r for name in NAMES for r in clean_redis_sentinel.replicas(name)]
+    stored = [f"t:k{i}" for i in range(40)]
+
+    def replicated() -> bool:
+        # Replication is asynchronous, and a master demoted by an earlier test may still be
+        # resyncing: wait until every replica holds exactly what its master holds.
+        for name in NAMES:
+            master = clean_redis_sentinel.master(name)
+            with redis.Redis(host=master.host, port=master.port) as conn:
+                wanted = conn.mget(stored)
+            for replica in clean_redis_sentinel.replicas(name):
+                with redis.Redis(host=replica.host, port=replica.port) as conn:
+                    if conn.mget(stored) != wanted:
+                        return False
+        return True
+
+    wait_until(replicated, timeout=60, what="the replicas to catch up")
     masters = [clean_redis_sentinel.master(name) for name in NAMES]
     before = ([_gets_served(r) for r in replicas], [_gets_served(m) for m in masters])
     assert cache.get("k3") == 3

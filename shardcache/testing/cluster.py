@@ -85,7 +85,21 @@ def _all_online(node: RedisServer) -> bool:
     """Whether ``CLUSTER SHARDS`` on ``node`` calls every node "online" (not "loading")."""
     with node.client() as conn:
         shards = conn.execute_command("CLUSTER", "SHARDS")
-    return all(n["health"] == "online" for shard in shards for n in shard["nodes"])
+    # redis-py before 5.1 hands the reply back as flat [name, value, ...] lists.
+    return all(
+        _fields(n)["health"] == "online" for shard in shards for n in _fields(shard)["nodes"]
+    )
+
+
+def _fields(entry: Any) -> dict[str, Any]:
+    if isinstance(entry, dict):
+        return {k.decode() if isinstance(k, bytes) else k: v for k, v in entry.items()}
+    return {
+        (entry[i].decode() if isinstance(entry[i], bytes) else entry[i]): (
+            entry[i + 1].decode() if isinstance(entry[i + 1], bytes) else entry[i + 1]
+        )
+        for i in range(0, len(entry), 2)
+    }
 
 
 class RedisCluster(Topology):

@@ -52,10 +52,16 @@ def _reply(err: BaseException | str) -> BaseException | str | None:
     return err.reply if isinstance(err, CommandError) else err
 
 
+def _text(reply: BaseException | str | None) -> str:
+    # redis-py keeps the error code in the text of the errors it has no class for (its
+    # older parsers map MOVED, ASK and TRYAGAIN only on cluster clients).
+    return reply if isinstance(reply, str) else str(reply or "")
+
+
 def is_moved(err: BaseException | str) -> bool:
     """The slot has a new owner: update the map and retry there."""
     reply = _reply(err)
-    return isinstance(reply, MovedError) or (isinstance(reply, str) and reply.startswith("MOVED "))
+    return isinstance(reply, MovedError) or _text(reply).startswith("MOVED ")
 
 
 def is_ask(err: BaseException | str) -> bool:
@@ -63,30 +69,24 @@ def is_ask(err: BaseException | str) -> bool:
     reply = _reply(err)
     if isinstance(reply, AskError):
         return not isinstance(reply, MovedError)  # redis-py makes MovedError an AskError
-    return isinstance(reply, str) and reply.startswith("ASK ")
+    return _text(reply).startswith("ASK ")
 
 
 def is_tryagain(err: BaseException | str) -> bool:
     """A multi-key command hit keys split by a migration: retry after a short pause."""
     reply = _reply(err)
-    return isinstance(reply, TryAgainError) or (
-        isinstance(reply, str) and reply.startswith("TRYAGAIN")
-    )
+    return isinstance(reply, TryAgainError) or _text(reply).startswith("TRYAGAIN")
 
 
 def is_cross_slot(err: BaseException | str) -> bool:
     """A multi-key command named keys of several slots: never retried, a caller's bug."""
     reply = _reply(err)
-    return isinstance(reply, ClusterCrossSlotError) or (
-        isinstance(reply, str) and reply.startswith("CROSSSLOT")
-    )
+    return isinstance(reply, ClusterCrossSlotError) or _text(reply).startswith("CROSSSLOT")
 
 
 def is_cluster_down(err: BaseException | str) -> bool:
     reply = _reply(err)
-    return isinstance(reply, ClusterDownError) or (
-        isinstance(reply, str) and reply.startswith("CLUSTERDOWN")
-    )
+    return isinstance(reply, ClusterDownError) or _text(reply).startswith("CLUSTERDOWN")
 
 
 def parse_redirect(err: BaseException | str) -> Redirect | None:
@@ -96,8 +96,8 @@ def parse_redirect(err: BaseException | str) -> Redirect | None:
     if isinstance(reply, AskError):
         kind: Literal["MOVED", "ASK"] = "MOVED" if isinstance(reply, MovedError) else "ASK"
         return Redirect(kind, int(reply.slot_id), reply.host, int(reply.port))
-    if isinstance(reply, str):
-        match = _REDIRECT_TEXT.match(reply.strip())
+    if reply is not None:
+        match = _REDIRECT_TEXT.match(_text(reply).strip())
         if match:
             kind = "MOVED" if match.group(1) == "MOVED" else "ASK"
             host = match.group(3).strip("[]")
