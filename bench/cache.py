@@ -15,13 +15,16 @@ Targets (ratios): get and set >= 1.6x; get_many(100) over 3 shards >= 1.2x.
 
 from __future__ import annotations
 
+import pickle
+import socket
+import statistics
 from collections.abc import Callable
 from typing import Any
 
 import redis
 from redis.connection import Connection
 
-from bench.harness import compare, slice_options
+from bench.harness import compare, cost_per_call, slice_options
 from shardcache import Cache, HashPool
 from shardcache.testing import StandaloneRedis
 
@@ -74,8 +77,82 @@ def main(argv: list[str] | None = None) -> None:
             rounds=args.rounds,
         )
         floor.disconnect()
+        cpu_floor(cache, pool, keys, servers, args.seconds, args.rounds)
         raw.close()
         pool.close()
+
+
+def cpu_floor(
+    cache: Cache,
+    pool: HashPool,
+    keys: list[str],
+    servers: StandaloneRedis,
+    seconds: float,
+    rounds: int,
+) -> None:
+    """Client CPU per call against the floor of any Python client: one plain socket per
+    server, hiredis to pack and read, pickle.loads of each value, no pool, no checks."""
+    import hiredis
+
+    sockets = []
+    for server in servers.servers:
+        sock = socket.create_connection(("127.0.0.1", server.port))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sockets.append(sock)
+    reader = hiredis.Reader()
+
+    def read(sock: socket.socket) -> Any:
+        reply = reader.gets()
+        while reply is False:
+            reader.feed(sock.recv(65536))
+            reply = reader.gets()
+        return reply
+
+    one = cache.make_key("key:7")
+    one_sock = sockets[pool.index(one)]
+    get_command: Any = (b"GET", one)
+    get_packed = hiredis.pack_command(get_command)
+    by_server: dict[int, list[bytes]] = {}
+    for key in keys:
+        made = cache.make_key(key)
+        by_server.setdefault(pool.index(made), []).append(made)
+    mgets = []
+    for index, run in by_server.items():
+        command: Any = (b"MGET", *run)
+        mgets.append((sockets[index], hiredis.pack_command(command)))
+
+    def floor_get() -> Any:
+        one_sock.sendall(get_packed)
+        return pickle.loads(read(one_sock)[1:])
+
+    def floor_get_many() -> Any:
+        for sock, packed in mgets:
+            sock.sendall(packed)
+        return [pickle.loads(value[1:]) for sock, _ in mgets for value in read(sock)]
+
+    cases = {
+        "get": (lambda: cache.get("key:7"), floor_get, 1.15),
+        "get_many(100)": (lambda: cache.get_many(keys), floor_get_many, 1.3),
+    }
+    print()
+    print(f"{'client CPU':<15}{'ours µs':>10}{'floor µs':>10}{'ratio':>8}{'limit':>8}", end="")
+    print(f"{'ours wall µs':>15}{'floor wall µs':>15}")
+    for name, (ours, floor, limit) in cases.items():
+        costs: dict[str, list[tuple[float, float]]] = {"ours": [], "floor": []}
+        for round_ in range(rounds):
+            order = [("ours", ours), ("floor", floor)]
+            for side, fn in order if round_ % 2 == 0 else reversed(order):
+                costs[side].append(cost_per_call(fn, seconds))
+        wall = {side: statistics.median(c[0] for c in runs) for side, runs in costs.items()}
+        cpu = {side: statistics.median(c[1] for c in runs) for side, runs in costs.items()}
+        ratio = cpu["ours"] / cpu["floor"]
+        verdict = "ok" if ratio <= limit else "MISS"
+        print(
+            f"{name:<15}{cpu['ours']:>10.1f}{cpu['floor']:>10.1f}{ratio:>7.2f}x"
+            f"{limit:>6.2f}x {verdict:<4}{wall['ours']:>12.1f}{wall['floor']:>15.1f}"
+        )
+    for sock in sockets:
+        sock.close()
 
 
 if __name__ == "__main__":

@@ -71,3 +71,19 @@ def compare(
             line += f"{rate['floor']:>10,.0f}{rate['ours'] / rate['floor']:>11.2f}x"
         print(line)
     return ratios
+
+
+def cost_per_call(fn: Callable[[], Any], seconds: float) -> tuple[float, float]:
+    """Call ``fn`` for about ``seconds``; return (wall µs, client CPU µs) per call. CPU is
+    this thread's (``time.thread_time``): what the client spends, the servers' work aside."""
+    calls = 0
+    cpu0, began = time.thread_time(), time.perf_counter()
+    deadline = began + seconds
+    while True:
+        for _ in range(20):
+            fn()
+        calls += 20
+        now = time.perf_counter()
+        if now >= deadline:
+            cpu = time.thread_time() - cpu0
+            return (now - began) / calls * 1e6, cpu / calls * 1e6
