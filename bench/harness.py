@@ -21,10 +21,10 @@ def slice_options(
     return parser.parse_args(argv)
 
 
-def throughput(fn: Callable[[], Any], seconds: float) -> tuple[int, float]:
-    """Call ``fn`` for about ``seconds``; return (calls, elapsed)."""
+def _timed(fn: Callable[[], Any], seconds: float) -> tuple[int, float, float]:
+    """Call ``fn`` for about ``seconds``; return (calls, elapsed, this thread's CPU)."""
     calls = 0
-    began = time.perf_counter()
+    cpu0, began = time.thread_time(), time.perf_counter()
     deadline = began + seconds
     while True:
         for _ in range(20):
@@ -32,7 +32,13 @@ def throughput(fn: Callable[[], Any], seconds: float) -> tuple[int, float]:
         calls += 20
         now = time.perf_counter()
         if now >= deadline:
-            return calls, now - began
+            return calls, now - began, time.thread_time() - cpu0
+
+
+def throughput(fn: Callable[[], Any], seconds: float) -> tuple[int, float]:
+    """Call ``fn`` for about ``seconds``; return (calls, elapsed)."""
+    calls, elapsed, _ = _timed(fn, seconds)
+    return calls, elapsed
 
 
 def compare(
@@ -76,14 +82,5 @@ def compare(
 def cost_per_call(fn: Callable[[], Any], seconds: float) -> tuple[float, float]:
     """Call ``fn`` for about ``seconds``; return (wall µs, client CPU µs) per call. CPU is
     this thread's (``time.thread_time``): what the client spends, the servers' work aside."""
-    calls = 0
-    cpu0, began = time.thread_time(), time.perf_counter()
-    deadline = began + seconds
-    while True:
-        for _ in range(20):
-            fn()
-        calls += 20
-        now = time.perf_counter()
-        if now >= deadline:
-            cpu = time.thread_time() - cpu0
-            return (now - began) / calls * 1e6, cpu / calls * 1e6
+    calls, elapsed, cpu = _timed(fn, seconds)
+    return elapsed / calls * 1e6, cpu / calls * 1e6
