@@ -14,7 +14,15 @@ from typing import Any, Protocol, runtime_checkable
 
 import redis
 
-__all__ = ["PendingBatch", "Shard", "Topology"]
+__all__ = [
+    "LOCKS",
+    "REDIS_CAPABILITIES",
+    "SCAN",
+    "SCRIPTS",
+    "PendingBatch",
+    "Shard",
+    "Topology",
+]
 
 
 class PendingBatch(Protocol):
@@ -58,9 +66,20 @@ class Shard(Protocol):
     def close(self) -> None: ...
 
 
+# What a topology can do beyond get/set/delete/incr, asked by the layers above it (never
+# guessed from its class): "scripts" (Lua, for the record store and compare-and-set),
+# "scan" (listing keys by pattern: clear by prefix, delete_pattern, iter_keys), "locks"
+# (redis-py locks on a shard).
+SCRIPTS, SCAN, LOCKS = "scripts", "scan", "locks"
+REDIS_CAPABILITIES = frozenset({SCRIPTS, SCAN, LOCKS})
+
+
 @runtime_checkable
 class Topology(Protocol):
     """Which shard holds which key, and the shards themselves."""
+
+    capabilities: frozenset[str]
+    """What it can do beyond the basics: `SCRIPTS`, `SCAN`, `LOCKS`."""
 
     def shard_for(self, key: bytes, *, read: bool = False) -> Shard:
         """The shard that holds ``key``. ``read=True`` says only reads will follow, so a

@@ -27,6 +27,7 @@ from django.core.exceptions import ImproperlyConfigured
 from shardcache import Cache, ShardState
 from shardcache.cache import _glob_escape
 from shardcache.errors import ConfigurationError
+from shardcache.protocols import SCAN
 from shardcache.registry import registry
 
 __all__ = ["RedisClusterCache", "RedisSentinelCache", "ShardedMemcacheCache", "ShardedRedisCache"]
@@ -126,7 +127,9 @@ class _ShardcacheCache(BaseCache):
 
     def _clears_by_prefix(self) -> bool:
         return (
-            bool(self.key_prefix) and self.key_func is default_key_func and self.kind != "memcache"
+            bool(self.key_prefix)
+            and self.key_func is default_key_func
+            and SCAN in self.core.topology.capabilities
         )
 
     def close(self, **kwargs: Any) -> None:

@@ -24,6 +24,7 @@ from flask_caching.backends.base import BaseCache
 from shardcache import Cache, MissingKeyError, ShardError, ShardState
 from shardcache.backends import problems
 from shardcache.errors import ConfigurationError
+from shardcache.protocols import SCAN
 from shardcache.registry import registry
 
 __all__ = ["RedisClusterCache", "RedisSentinelCache", "ShardedMemcacheCache", "ShardedRedisCache"]
@@ -154,7 +155,7 @@ class _ShardcacheBackend(BaseCache):
     def clear(self) -> bool:
         """Deletes this prefix's keys on every master (SCAN + UNLINK), or with no prefix
         (and always on memcache, which cannot list keys) empties every server."""
-        if self.key_prefix and self.kind != "memcache":
+        if self.key_prefix and SCAN in self.core.topology.capabilities:
             self.core.clear()
         else:
             self.core.clear(flush=True)

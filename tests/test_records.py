@@ -117,3 +117,19 @@ def test_a_sealed_record_moved_to_another_version_or_record_does_not_decrypt() -
         codec.decode(
             head(1, 0) + ambiguous.replace('"t":"a\\u0000b","i":"c"', '"t":"a","i":"b\\u0000c"')
         )
+
+
+def test_the_redis_store_refuses_a_topology_without_scripts(
+    clean_memcached_servers: Any,
+) -> None:
+    from shardcache import (
+        ConfigurationError,
+        MemcacheTopology,
+        ShardedMemcacheClient,
+        StaticShardManager,
+    )
+
+    client = ShardedMemcacheClient(StaticShardManager(clean_memcached_servers.addresses))
+    with pytest.raises(ConfigurationError, match="Lua script"):
+        RedisRecordStore(MemcacheTopology(client))
+    client.close()

@@ -32,11 +32,12 @@ from redis.exceptions import NoScriptError
 
 from shardcache.errors import (
     CommandError,
+    ConfigurationError,
     InvalidRecordVersion,
     InvalidServerVersion,
     ShardError,
 )
-from shardcache.protocols import Shard, Topology
+from shardcache.protocols import SCRIPTS, Shard, Topology
 from shardcache.records.base import BaseRecordStore, Commit, Lease
 from shardcache.records.memory import new_server_version
 
@@ -223,6 +224,11 @@ class RedisRecordStore(BaseRecordStore):
         super().__init__(**options)
         if not name or any(c in name for c in "{}"):
             raise ValueError(f"a store name is non-empty and has no braces, not {name!r}")
+        if SCRIPTS not in getattr(topology, "capabilities", ()):
+            raise ConfigurationError(
+                f"RedisRecordStore runs every operation as a Lua script, which {topology!r} "
+                "cannot: give it a HashPool, a Cluster or a SentinelClient"
+            )
         self.topology = topology
         self.prefix = f"{{{name}}}:"
         self._route = (self.prefix + "lv").encode()

@@ -39,7 +39,7 @@ from shardcache.errors import (
 )
 from shardcache.hashing import CLUSTER_SLOTS, slot
 from shardcache.lifecycle import forget_after_fork
-from shardcache.protocols import Shard
+from shardcache.protocols import REDIS_CAPABILITIES, Shard
 from shardcache.topologies.redirects import Redirect, RedirectPolicy, is_tryagain
 
 __all__ = ["Binding", "Cluster", "ClusterNode"]
@@ -84,6 +84,8 @@ class Cluster:
     reads go to a replica of the key's slot (they may be slightly stale). Every command
     follows MOVED, ASK and TRYAGAIN for at most ``max_attempts`` attempts.
     """
+
+    capabilities = REDIS_CAPABILITIES
 
     def __init__(
         self,

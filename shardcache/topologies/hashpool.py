@@ -14,7 +14,7 @@ from shardcache.config import RedisAddress
 from shardcache.connections import RedisShard
 from shardcache.errors import ConfigurationError
 from shardcache.hashing import HashFunction, Selector, make_selector
-from shardcache.protocols import Shard
+from shardcache.protocols import REDIS_CAPABILITIES, Shard
 
 __all__ = ["HashPool"]
 
@@ -38,6 +38,8 @@ class HashPool:
 
     A socket has one timeout, so reads and writes share ``max(read_timeout, write_timeout)``.
     """
+
+    capabilities = REDIS_CAPABILITIES
 
     def __init__(
         self,

@@ -44,7 +44,7 @@ from shardcache.errors import (
 )
 from shardcache.hashing import HashFunction, Selector, make_selector
 from shardcache.lifecycle import forget_after_fork
-from shardcache.protocols import PendingBatch, Shard
+from shardcache.protocols import REDIS_CAPABILITIES, PendingBatch, Shard
 
 __all__ = ["SentinelClient", "SentinelMaster", "SentinelReplicaReads"]
 
@@ -94,6 +94,8 @@ class SentinelClient:
     to the masters (auth, TLS, timeouts), like the Go client's DialFunc; without it they are
     redis-py connections with ``username``/``password`` and the timeouts given.
     """
+
+    capabilities = REDIS_CAPABILITIES
 
     def __init__(
         self,

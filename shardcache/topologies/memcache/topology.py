@@ -288,6 +288,8 @@ class _Running:
 class MemcacheTopology:
     """A `ShardedMemcacheClient` as a topology for `Cache`."""
 
+    capabilities: frozenset[str] = frozenset()  # no scripts, no key listing, no locks
+
     def __init__(self, client: ShardedMemcacheClient) -> None:
         self.client = client
         self._shards: dict[tuple[int, str], MemcacheShard] = {}
