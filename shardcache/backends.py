@@ -54,20 +54,19 @@ CODEC_OPTIONS = frozenset(
     {"SERIALIZER", "COMPRESSOR", "COMPRESS_THRESHOLD", "SIGNING_SECRET", "IGNORE_ERRORS"}
     | {"MAX_VALUE_SIZE"}
 )
-_CODEC = CODEC_OPTIONS
 _REDIS = {"CONNECT_TIMEOUT", "SOCKET_TIMEOUT", "MAX_CONNECTIONS", "USERNAME", "PASSWORD"}
 _TLS = {"SSL_CA_CERTS", "SSL_CERTFILE", "SSL_KEYFILE", "SSL_CERT_REQS"}
 OPTIONS: dict[str, frozenset[str]] = {
-    "hashpool": frozenset(_CODEC | _REDIS | _TLS | {"HASH"}),
-    "cluster": frozenset(_CODEC | _REDIS | _TLS | {"READ_FROM_REPLICAS", "MAX_ATTEMPTS"}),
+    "hashpool": frozenset(CODEC_OPTIONS | _REDIS | _TLS | {"HASH"}),
+    "cluster": frozenset(CODEC_OPTIONS | _REDIS | _TLS | {"READ_FROM_REPLICAS", "MAX_ATTEMPTS"}),
     "sentinel": frozenset(
-        _CODEC
+        CODEC_OPTIONS
         | _REDIS
         | {"MASTERS", "HASH", "DB", "SENTINEL_USERNAME", "SENTINEL_PASSWORD", "FAILOVER_PAUSE"}
         | {"READ_FROM_REPLICAS"}
     ),
     "memcache": frozenset(
-        _CODEC
+        CODEC_OPTIONS
         | {"CONNECT_TIMEOUT", "SOCKET_TIMEOUT", "MAX_CONNECTIONS"}
         | {"SHARD_STATES", "SHARD_FUNC", "RETRY_TIMEOUT", "INVALIDATE_NON_ACTIVE"}
     ),

@@ -418,6 +418,18 @@ class CacheContract:
         leaves = [getattr(shard, "leaf", lambda: None)() for shard in cache.topology.shards()]
         assert all(leaf.async_loops == 0 for leaf in leaves if leaf is not None)
 
+    def test_a_loop_closed_without_shutting_down_is_let_go_by_the_next_loop(
+        self, cache: Cache
+    ) -> None:
+        cache.set("k", 1)
+        loop = asyncio.new_event_loop()
+        assert loop.run_until_complete(cache.aget("k")) == 1
+        loop.close()  # no shutdown_asyncgens(): nothing told the topology
+        gone = weakref.ref(loop)
+        del loop
+        assert asyncio.run(cache.aget("k")) == 1  # the next loop's first pool sweeps it
+        assert settles(lambda: gone() is None)
+
     def test_after_close_calls_raise_and_nothing_is_left_open(self, cache: Cache) -> None:
         cache.set_many({f"k{i}": i for i in range(30)})
         assert cache.get_many([f"k{i}" for i in range(30)])["k7"] == 7
