@@ -17,6 +17,8 @@ from shardcache.errors import (
     InvalidServerVersion,
     LeaseError,
     LocalServerError,
+    LockError,
+    LockNotOwnedError,
     MissingKeyError,
     NotAnIntegerError,
     OutOfRangeError,
@@ -31,6 +33,7 @@ from shardcache.errors import (
     ShardError,
     ShardUnavailableError,
 )
+from shardcache.locks import Lock
 from shardcache.topologies import (
     Binding,
     Cluster,
@@ -73,6 +76,9 @@ __all__ = [
     "Item",
     "LeaseError",
     "LocalServerError",
+    "Lock",
+    "LockError",
+    "LockNotOwnedError",
     "MemcacheTopology",
     "MemcachedState",
     "MissingKeyError",

@@ -1,7 +1,9 @@
 """The asyncio wire layer: the same shards, spoken to through redis-py's asyncio connections.
 
-Every shard of the sync topologies answers `leaf` (the `RedisShard` its commands go to now);
-that server's `AsyncConnectionPool` (one per event loop) sends and reads them natively. What
+Every Redis shard answers `leaf` (the `RedisShard` its commands go to now; the hooks are
+declared as `shardcache.protocols.RecoveringShard`); that server's `AsyncConnectionPool` for
+the running event loop (kept here, in its `LoopPools`) sends and reads them natively. This
+module and `shardcache.connections` share only `shardcache.wire`; neither imports the other. What
 is ours, as in the sync pool: a lean checkout (redis-py's asyncio pool checks every
 connection's health on each checkout), the failure policy, and draining a batch's replies
 from the hiredis reader in one loop. The rare repairs (a MOVED or ASK, a failed-over master,
@@ -12,13 +14,12 @@ topology's own code, in a worker thread, so there is one implementation of each.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import inspect
-import sys
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from functools import cache
-from typing import TYPE_CHECKING, Any
+from typing import Any, cast
 
 import redis.asyncio
 import redis.asyncio.connection
@@ -26,28 +27,20 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ResponseError
 
-from shardcache.connections import (
-    IO_ERRORS,
-    REPLY_TYPES,
-    _HiredisReader,
-    _pack,
-    _pack_many,
-    after_failure,
-)
 from shardcache.errors import ClosedError, CommandError, ShardUnavailableError
+from shardcache.lifecycle import end_watch, until_loop_ends
+from shardcache.protocols import RecoveringShard, Shard
+from shardcache.wire import (
+    ASYNC_IO_ERRORS,
+    after_failure,
+    deadline,
+    drop_async,
+    pack,
+    pack_many,
+    read_many_async,
+)
 
-if sys.version_info >= (3, 11):
-    from asyncio import timeout as _deadline
-else:  # redis-py depends on async-timeout before 3.11.3
-    from async_timeout import timeout as _deadline
-
-if TYPE_CHECKING:
-    from shardcache.connections import RedisShard
-    from shardcache.protocols import Shard
-
-__all__ = ["AsyncConnectionPool", "execute", "fan_out", "pipeline"]
-
-_ASYNC_IO_ERRORS = (*IO_ERRORS, asyncio.TimeoutError)
+__all__ = ["AsyncConnectionPool", "LoopPools", "execute", "fan_out", "pipeline", "pool_for"]
 
 _CLASSES: dict[type, Any] = {
     redis.Connection: redis.asyncio.Connection,
@@ -123,7 +116,7 @@ class AsyncConnectionPool:
         slots = self._slots
         if slots.locked():
             try:
-                async with _deadline(self._timeout):
+                async with deadline(self._timeout):
                     await slots.acquire()
             except TimeoutError:
                 raise ShardUnavailableError(
@@ -172,14 +165,7 @@ class AsyncConnectionPool:
         self._shut = True
         self.closed = True
 
-    @staticmethod
-    def _drop(conn: redis.asyncio.connection.AbstractConnection) -> None:
-        # A dropped connection is never used again: closing its transport (synchronous)
-        # is all it needs, without waiting for the peer.
-        writer = getattr(conn, "_writer", None)
-        if writer is not None:
-            with contextlib.suppress(Exception):
-                writer.close()
+    _drop = staticmethod(drop_async)
 
     # --- commands ------------------------------------------------------------------------
 
@@ -193,12 +179,12 @@ class AsyncConnectionPool:
             if not connected:
                 await conn.connect()
                 connected = True
-            await conn.send_packed_command(_pack(conn, args), check_health=False)  # type: ignore[arg-type]
+            await conn.send_packed_command(pack(conn, args), check_health=False)
             reply = await conn.read_response()
         except ResponseError as exc:
             self.release(conn)
             raise CommandError(str(exc), shard=self.name, key=key, reply=exc) from exc
-        except _ASYNC_IO_ERRORS as exc:
+        except ASYNC_IO_ERRORS as exc:
             self.discard(conn)
             sent, again = after_failure(connected, reused, idempotent, exc)
             if again:
@@ -228,8 +214,8 @@ class AsyncConnectionPool:
             if not connected:
                 await conn.connect()
                 connected = True
-            await conn.send_packed_command(_pack_many(conn, commands), check_health=False)  # type: ignore[arg-type]
-        except _ASYNC_IO_ERRORS as exc:
+            await conn.send_packed_command(pack_many(conn, commands), check_health=False)
+        except ASYNC_IO_ERRORS as exc:
             self.discard(conn)
             sent, _ = after_failure(connected, connected, False, exc)
             raise ShardUnavailableError(
@@ -244,8 +230,8 @@ class AsyncConnectionPool:
         self, conn: redis.asyncio.connection.AbstractConnection, count: int
     ) -> list[Any]:
         try:
-            replies = await self._read_many(conn, count)
-        except _ASYNC_IO_ERRORS as exc:
+            replies = await read_many_async(conn, count, self._read_timeout)
+        except ASYNC_IO_ERRORS as exc:
             self.discard(conn)
             raise ShardUnavailableError(str(exc) or type(exc).__name__, shard=self.name) from exc
         except BaseException:
@@ -257,45 +243,97 @@ class AsyncConnectionPool:
                 replies[i] = CommandError(str(reply), shard=self.name, reply=reply)
         return replies
 
-    async def _read_many(
-        self, conn: redis.asyncio.connection.AbstractConnection, count: int
-    ) -> list[Any]:
-        # As the sync `_read_many`: with hiredis, drain its reader in one loop (refilled by
-        # redis-py's own socket read) under one deadline, instead of one guarded
-        # ``read_response`` coroutine per reply.
-        parser = getattr(conn, "_parser", None)
-        reader = getattr(parser, "_reader", None)
-        refill = getattr(parser, "read_from_socket", None)
-        replies: list[Any] = []
-        if _HiredisReader is not None and isinstance(reader, _HiredisReader) and refill:
-            gets, reply_types = reader.gets, REPLY_TYPES
-            async with _deadline(self._read_timeout):
-                while len(replies) < count:
-                    reply = gets()
-                    if reply.__class__ in reply_types:
-                        replies.append(reply)
-                    elif isinstance(reply, redis.ConnectionError):
-                        raise reply
-                    elif isinstance(reply, Exception):
-                        replies.append(reply)
-                    else:
-                        await refill()
-            return replies
-        for _ in range(count):
-            try:
-                replies.append(await conn.read_response())
-            except ResponseError as exc:
-                replies.append(exc)
-        return replies
+
+class LoopPools:
+    """One server's asyncio pools, one per event loop, each dropped when its loop shuts down
+    (`shardcache.lifecycle.until_loop_ends`). A plain dict: a pool's connections refer to
+    their loop, so a weak-keyed one would never let a loop go."""
+
+    def __init__(self, leaf: Any) -> None:
+        self._leaf = leaf
+        self._pools: dict[asyncio.AbstractEventLoop, AsyncConnectionPool] = {}
+        self._watches: dict[asyncio.AbstractEventLoop, Any] = {}
+
+    @property
+    def loops(self) -> int:
+        return len(self._pools)
+
+    def get(self, loop: asyncio.AbstractEventLoop) -> AsyncConnectionPool | None:
+        pool = self._pools.get(loop)
+        return pool if pool is not None else self._open(loop)
+
+    def _open(self, loop: asyncio.AbstractEventLoop) -> AsyncConnectionPool | None:
+        leaf = self._leaf
+        settings = leaf.async_settings()
+        if settings is None:
+            return None
+        factory = async_factory(*settings[:2], readonly=settings[2])
+        if factory is None:
+            return None
+        with leaf.pools_lock:
+            for other in [other for other in list(self._watches) if other.is_closed()]:
+                self._forget(other)  # closed without shutting down: nothing else tells
+            pool = self._pools[loop] = AsyncConnectionPool(
+                factory,
+                max_connections=leaf.max_connections,
+                timeout=leaf.pool_timeout,
+                read_timeout=settings[1].get("socket_timeout"),
+                name=leaf.id,
+            )
+            self._watches[loop] = until_loop_ends(functools.partial(self._forget, loop))
+        return pool
+
+    def _forget(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Close and drop ``loop``'s pool: the loop is shutting down, or is closed."""
+        pool = self._pools.pop(loop, None)
+        self._watches.pop(loop, None)
+        if pool is not None:
+            pool.close()
+
+    def retire(self) -> None:
+        for pool in list(self._pools.values()):
+            pool.closed = True  # lent connections are closed on return; idle ones below
+        self._end_loops()
+
+    def shut(self) -> None:
+        for pool in list(self._pools.values()):
+            pool.shut()
+        self._end_loops()
+
+    def _end_loops(self) -> None:
+        # An asyncio transport is closed from its own loop's thread: each running loop ends
+        # its watch there (which closes its pool); a closed loop has nothing left to run.
+        with self._leaf.pools_lock:
+            watches = list(self._watches.items())
+        for loop, watch in watches:
+            if loop.is_closed():
+                self._forget(loop)
+            else:
+                try:
+                    loop.call_soon_threadsafe(end_watch, watch)
+                except RuntimeError:  # closed meanwhile
+                    self._forget(loop)
+
+
+def pool_for(leaf: Any) -> AsyncConnectionPool | None:
+    """``leaf``'s (a `RedisShard`) asyncio pool for the running event loop; None when its
+    connections have no asyncio twin (a user's factory) or it was retired."""
+    pools = leaf.async_pools
+    if pools is None:
+        with leaf.pools_lock:
+            pools = leaf.async_pools
+            if pools is None:
+                pools = leaf.async_pools = LoopPools(leaf)
+    return cast(LoopPools, pools).get(asyncio.get_running_loop())
 
 
 # --- the shard protocol, asynchronously ---------------------------------------------------
 
 
-def _pool_of(shard: Shard) -> tuple[RedisShard | None, AsyncConnectionPool | None]:
-    leaf_of = getattr(shard, "leaf", None)
-    leaf: RedisShard | None = leaf_of() if leaf_of is not None else None
-    return leaf, (leaf.async_pool() if leaf is not None else None)
+def _pool_of(shard: Shard) -> tuple[Any, AsyncConnectionPool | None]:
+    leaf_of = getattr(shard, "leaf", None)  # a `RecoveringShard`; memcache has none
+    leaf = leaf_of() if leaf_of is not None else None
+    return leaf, (pool_for(leaf) if leaf is not None else None)
 
 
 async def execute(shard: Shard, args: Sequence[Any], key: bytes | None, idempotent: bool) -> Any:
@@ -306,10 +344,10 @@ async def execute(shard: Shard, args: Sequence[Any], key: bytes | None, idempote
     try:
         return await pool.execute(args, key, idempotent)
     except (CommandError, ShardUnavailableError) as exc:
-        if not shard.recoverable(exc):  # type: ignore[attr-defined]
+        recovering = cast(RecoveringShard, shard)
+        if not recovering.recoverable(exc):
             raise
-        recover = shard.recover  # type: ignore[attr-defined]
-        return await asyncio.to_thread(recover, args, key, idempotent, exc, leaf)
+        return await asyncio.to_thread(recovering.recover, args, key, idempotent, exc, leaf)
 
 
 async def pipeline(shard: Shard, commands: Sequence[Sequence[Any]]) -> list[Any]:
@@ -327,19 +365,19 @@ async def pipeline(shard: Shard, commands: Sequence[Sequence[Any]]) -> list[Any]
 
 async def _settle(
     shard: Shard,
-    leaf: RedisShard | None,
+    leaf: Any,
     commands: Sequence[Sequence[Any]],
     outcome: list[Any] | ShardUnavailableError,
 ) -> list[Any]:
     # Replies as they are, unless the shard's topology can repair something in them.
-    recoverable = shard.recoverable  # type: ignore[attr-defined]
+    recovering = cast(RecoveringShard, shard)
+    recoverable = recovering.recoverable
     if isinstance(outcome, ShardUnavailableError):
         if not recoverable(outcome):
             raise outcome
     elif not any(isinstance(r, CommandError) and recoverable(r) for r in outcome):
         return outcome
-    settle = shard.settle  # type: ignore[attr-defined]
-    return await asyncio.to_thread(settle, commands, leaf, outcome)
+    return await asyncio.to_thread(recovering.settle, commands, leaf, outcome)
 
 
 async def fan_out(

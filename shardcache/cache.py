@@ -1,26 +1,25 @@
-"""The cache layer: one `Cache` over any Redis topology.
+"""The cache layer: one `Cache` over any topology.
 
 Keys get the cache's prefix; values go through the `Codec` (plain integers, serializer,
 compressor, signature); multi-key calls are grouped by shard, one pipeline per shard, every
 shard's batch sent before any reply is read, so all shards work at once from one thread.
+Each operation is written once as steps (`shardcache.drivers`) and says what it wants in
+the topology's own dialect (Redis commands, memcache operations); what a topology cannot do
+is asked of its declared capabilities before any I/O.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
-from collections.abc import Generator, Iterable, Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, TypeVar, cast
 
-import redis.lock
-from redis.exceptions import NoScriptError
-
-from shardcache import aio
 from shardcache.codec import MAX_VALUE_SIZE, MISSING, Codec, Secret
 from shardcache.compressors import COMPRESSORS, Compressor
 from shardcache.config import resolve_strategy
+from shardcache.drivers import Exec, Fan, Pipe, Steps, run_async, run_sync, scripted
 from shardcache.errors import (
     CommandError,
     ConfigurationError,
@@ -33,8 +32,8 @@ from shardcache.errors import (
     ShardUnavailableError,
     key_text,
 )
-from shardcache.protocols import PendingBatch, Shard, Topology
-from shardcache.scripts import INCR_EXISTING, INCR_EXISTING_SHA, SWAP, SWAP_SHA
+from shardcache.locks import Lock
+from shardcache.protocols import LOCKS, SCAN, STATES, TTL, Command, Shard, Stateful, Topology
 from shardcache.serializers import SERIALIZERS, Serializer
 
 __all__ = ["Cache"]
@@ -43,12 +42,8 @@ logger = logging.getLogger("shardcache")
 
 T = TypeVar("T")
 Key = str | bytes
-# An operation's steps: it yields what to send where, and is sent back each result.
-Steps = Generator[tuple[Any, ...], Any, T]
-_EXEC, _PIPE, _FAN = "exec", "pipe", "fan"
 KeyT = TypeVar("KeyT", bound=str | bytes)
 
-_SCRIPTS = {INCR_EXISTING_SHA: INCR_EXISTING, SWAP_SHA: SWAP}
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _SWAP_BUDGET = 30.0  # seconds a signed incr may spend losing compare-and-sets to other writers
 
@@ -57,7 +52,8 @@ _SCAN_BATCH = 1000
 
 
 class Cache:
-    """A cache over a sharded topology (`HashPool`, and the cluster and sentinel topologies).
+    """A cache over a sharded topology (`HashPool`, the cluster, sentinel and memcache
+    topologies).
 
     ``ttl`` is in seconds (float allowed); ``None`` means no expiry; ``ttl <= 0`` means the
     value is not kept (a ``set`` removes the key). ``prefix`` namespaces every key, and
@@ -89,6 +85,7 @@ class Cache:
         if not isinstance(topology, Topology):
             raise ConfigurationError(f"{topology!r} does not implement the shard protocol")
         self.topology = topology
+        self.dialect = topology.dialect
         self.prefix = prefix.encode() if isinstance(prefix, str) else bytes(prefix)
         self.codec = Codec(
             resolve_strategy(serializer, SERIALIZERS, "serializer"),
@@ -132,97 +129,32 @@ class Cache:
         )
 
     def _unavailable(self, exc: ShardUnavailableError, fallback: T) -> T:
+        """The failure policy, the one place it is applied: an unreachable shard raises, or
+        with ``ignore_errors`` is logged and gives ``fallback``."""
         if not self.ignore_errors:
             raise exc
         logger.warning("shardcache: %s; ignored (ignore_errors=True)", exc)
         return fallback
 
-    # --- the drivers ------------------------------------------------------------------------
-    #
-    # Each operation is written once, as a generator of steps (`_EXEC`: one command on a
-    # shard; `_PIPE`: a batch on a shard; `_FAN`: batches on many shards at once) that gets
-    # each step's result sent back, or its `ShardError` thrown in. `_sync` runs the steps on
-    # the shards' sockets; `_async` on their asyncio connections (`shardcache.aio`).
+    def _require(self, capability: str, what: str) -> None:
+        if capability not in self.topology.capabilities:
+            raise ConfigurationError(
+                f"{what} needs the {capability!r} capability, "
+                f"which {type(self.topology).__name__} does not have"
+            )
 
-    def _sync(self, steps: Steps[T]) -> T:
-        send, throw = steps.send, steps.throw
-        try:
-            step = next(steps)
-            while True:
-                try:
-                    kind = step[0]
-                    if kind is _EXEC:
-                        result = step[1].execute(*step[2], key=step[3], idempotent=step[4])
-                    elif kind is _FAN:
-                        result = self._fan_out(step[1])
-                    else:
-                        result = step[1].pipeline(step[2])
-                except ShardError as exc:
-                    step = throw(exc)
-                else:
-                    step = send(result)
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
+    _sync = staticmethod(run_sync)
+    _async = staticmethod(run_async)
 
-    async def _async(self, steps: Steps[T]) -> T:
-        send, throw = steps.send, steps.throw
-        try:
-            step = next(steps)
-            while True:
-                try:
-                    kind = step[0]
-                    if kind is _EXEC:
-                        result = await aio.execute(step[1], step[2], step[3], step[4])
-                    elif kind is _FAN:
-                        result = await aio.fan_out(step[1])
-                    else:
-                        result = await aio.pipeline(step[1], step[2])
-                except ShardError as exc:
-                    step = throw(exc)
-                else:
-                    step = send(result)
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
-
-    def _run(self, key: bytes, fallback: Any, *args: Any, read: bool = False) -> Steps[Any]:
+    def _run(self, key: bytes, fallback: Any, command: Command, read: bool = False) -> Steps[Any]:
         """One command on the shard of ``key``, under the failure policy. ``read`` commands
         are idempotent (retried once on a dead pooled connection) and may go to a replica
         when the topology is configured for replica reads."""
         try:
             shard = self.topology.shard_for(key, read=read)
-            return (yield (_EXEC, shard, args, key, read))
+            return (yield Exec(shard, command, key, read))
         except ShardUnavailableError as exc:
             return self._unavailable(exc, fallback)
-
-    def _fan_out(
-        self, commands: Mapping[Shard, Sequence[Sequence[Any]]]
-    ) -> dict[Shard, list[Any] | ShardUnavailableError]:
-        """Send each shard its commands, then read every reply; a shard that fails gives its
-        error in place of its replies, so the others still answer."""
-        pending: list[tuple[Shard, PendingBatch | ShardUnavailableError]] = []
-        try:
-            for shard, batch in commands.items():
-                try:
-                    pending.append((shard, shard.begin(batch)))
-                except ShardUnavailableError as exc:
-                    pending.append((shard, exc))
-        except BaseException:
-            # Read what was sent, so no connection goes back to a pool with replies pending.
-            for _, started in pending:
-                if not isinstance(started, ShardUnavailableError):
-                    with contextlib.suppress(ShardUnavailableError):
-                        started.finish()
-            raise
-        results: dict[Shard, list[Any] | ShardUnavailableError] = {}
-        for shard, started in pending:
-            if isinstance(started, ShardUnavailableError):
-                results[shard] = started
-                continue
-            try:
-                results[shard] = started.finish()
-            except ShardUnavailableError as exc:
-                results[shard] = exc
-        return results
 
     @staticmethod
     def _px(ttl: float) -> int:
@@ -239,7 +171,7 @@ class Cache:
 
     def _get(self, key: Key, default: Any) -> Steps[Any]:
         k = self.make_key(key)
-        raw = yield from self._run(k, None, b"GET", k, read=True)
+        raw = yield from self._run(k, None, self.dialect.get(k), read=True)
         return default if raw is None else self._decode(raw, k, default)
 
     def set(self, key: Key, value: Any, ttl: float | None = None) -> bool:
@@ -252,12 +184,11 @@ class Cache:
     def _set(self, key: Key, value: Any, ttl: float | None) -> Steps[bool]:
         k = self.make_key(key)
         if ttl is not None and ttl <= 0:
-            yield from self._run(k, 0, b"DEL", k)
+            yield from self._run(k, 0, self.dialect.delete((k,)))
             return True
         data = self.codec.encode(value, k)
-        if ttl is None:
-            return (yield from self._run(k, None, b"SET", k, data)) is not None
-        return (yield from self._run(k, None, b"SET", k, data, b"PX", self._px(ttl))) is not None
+        px = None if ttl is None else self._px(ttl)
+        return (yield from self._run(k, None, self.dialect.set(k, data, px, False))) is not None
 
     def add(self, key: Key, value: Any, ttl: float | None = None) -> bool:
         """Store ``value`` only if ``key`` is absent (atomic: usable as a lock); True if stored."""
@@ -269,15 +200,14 @@ class Cache:
     def _add(self, key: Key, value: Any, ttl: float | None) -> Steps[bool]:
         k = self.make_key(key)
         data = self.codec.encode(value, k)
-        if ttl is None:
-            return (yield from self._run(k, None, b"SET", k, data, b"NX")) is not None
-        if ttl <= 0:  # as Django: report whether it would have been added, keep nothing
-            added = (yield from self._run(k, None, b"SET", k, data, b"NX")) is not None
+        dialect = self.dialect
+        if ttl is not None and ttl <= 0:  # as Django: say whether it would be added, keep none
+            added = (yield from self._run(k, None, dialect.set(k, data, None, True))) is not None
             if added:
-                yield from self._run(k, 0, b"DEL", k)
+                yield from self._run(k, 0, dialect.delete((k,)))
             return added
-        px = self._px(ttl)
-        return (yield from self._run(k, None, b"SET", k, data, b"NX", b"PX", px)) is not None
+        px = None if ttl is None else self._px(ttl)
+        return (yield from self._run(k, None, dialect.set(k, data, px, True))) is not None
 
     def delete(self, key: Key) -> bool:
         """Remove ``key``; True if it existed."""
@@ -288,7 +218,7 @@ class Cache:
 
     def _delete(self, key: Key) -> Steps[bool]:
         k = self.make_key(key)
-        return bool((yield from self._run(k, 0, b"DEL", k)))
+        return bool((yield from self._run(k, 0, self.dialect.delete((k,)))))
 
     def has(self, key: Key) -> bool:
         """Whether ``key`` exists."""
@@ -299,7 +229,7 @@ class Cache:
 
     def _has(self, key: Key) -> Steps[bool]:
         k = self.make_key(key)
-        return bool((yield from self._run(k, 0, b"EXISTS", k, read=True)))
+        return bool((yield from self._run(k, 0, self.dialect.exists(k), read=True)))
 
     def incr(self, key: Key, delta: int = 1, *, create: bool = False) -> int:
         """Add ``delta`` to the integer under ``key`` atomically on the server and return the
@@ -328,9 +258,11 @@ class Cache:
         result: Any
         try:
             if create:
-                result = yield (_EXEC, shard, (b"INCRBY", k, delta), k, False)
+                result = yield Exec(shard, self.dialect.incrby(k, delta), k, False)
             else:
-                result = yield from self._script(shard, k, INCR_EXISTING_SHA, delta)
+                result = yield from scripted(
+                    shard, k, self.dialect.incr_existing(k, delta), self.dialect
+                )
         except CommandError as exc:
             if "overflow" in str(exc):
                 raise OutOfRangeError(f"incr of {key_text(key)} by {delta} would overflow") from exc
@@ -352,7 +284,7 @@ class Cache:
         absent = 0
         try:
             while True:
-                raw = yield (_EXEC, shard, (b"GET", k), k, True)
+                raw = yield Exec(shard, self.dialect.get(k), k, True)
                 value = MISSING
                 if raw is not None:
                     try:
@@ -366,12 +298,14 @@ class Cache:
                 new = delta if value is MISSING else value + delta
                 data = self.codec.encode(new, k)
                 if raw is None:
-                    done = yield (_EXEC, shard, (b"SET", k, data, b"NX"), k, False)
+                    done = yield Exec(shard, self.dialect.set(k, data, None, True), k, False)
                     absent = 0 if done else absent + 1
                     if absent > 1:  # NX keeps failing on a key that reads as absent
                         raise MissingKeyError(f"key {key_text(key)} cannot be created here")
                 else:
-                    done = yield from self._script(shard, k, SWAP_SHA, raw, data)
+                    done = yield from scripted(
+                        shard, k, self.dialect.swap(k, raw, data), self.dialect
+                    )
                 if done:
                     return new
                 if time.monotonic() > deadline:
@@ -384,16 +318,6 @@ class Cache:
             self._unavailable(exc, None)
             raise MissingKeyError(f"key {key_text(key)} not found") from exc
 
-    def _script(self, shard: Shard, k: bytes, sha: bytes, *args: Any) -> Steps[Any]:
-        """Run one of `shardcache.scripts` on ``k``'s shard: by its SHA, then whole if the
-        server does not know it yet."""
-        try:
-            return (yield (_EXEC, shard, (b"EVALSHA", sha, 1, k, *args), k, False))
-        except CommandError as exc:
-            if not isinstance(exc.reply, NoScriptError):
-                raise
-        return (yield (_EXEC, shard, (b"EVAL", _SCRIPTS[sha], 1, k, *args), k, False))
-
     def touch(self, key: Key, ttl: float | None = None) -> bool:
         """Give ``key`` a new time to live (``None``: no expiry); True if the key exists."""
         return self._sync(self._touch(key, ttl))
@@ -404,17 +328,17 @@ class Cache:
     def _touch(self, key: Key, ttl: float | None) -> Steps[bool]:
         k = self.make_key(key)
         if ttl is not None and ttl <= 0:
-            return bool((yield from self._run(k, 0, b"DEL", k)))
+            return bool((yield from self._run(k, 0, self.dialect.delete((k,)))))
         if ttl is None:
             return (yield from self._persist(key))
-        return bool((yield from self._run(k, 0, b"PEXPIRE", k, self._px(ttl))))
+        return bool((yield from self._run(k, 0, self.dialect.pexpire(k, self._px(ttl)))))
 
     def expire(self, key: Key, ttl: float | None) -> bool:
         """`touch`, under django-redis's name."""
         return self.touch(key, ttl)
 
     async def aexpire(self, key: Key, ttl: float | None) -> bool:
-        return await self.atouch(key, ttl)
+        return await self._async(self._touch(key, ttl))
 
     def persist(self, key: Key) -> bool:
         """Remove ``key``'s expiry; True if the key exists."""
@@ -427,10 +351,10 @@ class Cache:
         k = self.make_key(key)
         try:
             shard = self.topology.shard_for(k)
-            _, exists = yield (_PIPE, shard, [(b"PERSIST", k), (b"EXISTS", k)])
+            replies = yield Pipe(shard, self.dialect.persist(k))
         except ShardUnavailableError as exc:
             return self._unavailable(exc, False)
-        return bool(exists)
+        return bool(replies[-1])
 
     def ttl(self, key: Key) -> float | None:
         """Seconds left before ``key`` expires; ``None`` if it never does; 0.0 if it is missing."""
@@ -440,8 +364,9 @@ class Cache:
         return await self._async(self._ttl(key))
 
     def _ttl(self, key: Key) -> Steps[float | None]:
+        self._require(TTL, "ttl()")
         k = self.make_key(key)
-        ms = yield from self._run(k, -2, b"PTTL", k, read=True)
+        ms = yield from self._run(k, -2, self.dialect.pttl(k), read=True)
         if ms == -1:
             return None
         return max(0.0, float(ms) / 1000)
@@ -452,15 +377,21 @@ class Cache:
         timeout: float | None = None,
         blocking_timeout: float | None = None,
         sleep: float = 0.1,
-    ) -> redis.lock.Lock:
-        """A redis-py ``Lock`` named ``key`` on the shard of ``key`` (use it as ``with``)."""
+    ) -> Lock:
+        """A `Lock` named ``key`` on the shard of ``key``: ``with cache.lock(...)`` or
+        ``async with cache.alock(...)``; ``acquire``/``release``/``extend`` and their async
+        twins (``aacquire``...)."""
+        self._require(LOCKS, "lock()")
         k = self.make_key(key)
-        client = self.topology.shard_for(k).client()
-        # redis-py annotates the name as str, but sends bytes as they are.
-        name: Any = k
-        return redis.lock.Lock(
-            client, name, timeout=timeout, blocking_timeout=blocking_timeout, sleep=sleep
+        return Lock(
+            self.topology.shard_for(k),
+            k,
+            timeout=timeout,
+            blocking_timeout=blocking_timeout,
+            sleep=sleep,
         )
+
+    alock = lock  # the same `Lock`: it has both APIs, and making one does no I/O
 
     # --- many keys -----------------------------------------------------------------------------
 
@@ -487,9 +418,10 @@ class Cache:
         if not made:
             return {}
         groups = self.topology.group(made, read=True)
-        commands = {shard: [(b"MGET", *run) for run in runs] for shard, runs in groups.items()}
+        mget = self.dialect.mget
+        commands = {shard: [mget(run) for run in runs] for shard, runs in groups.items()}
         found: dict[bytes, bytes] = {}
-        outcome: dict[Shard, list[Any] | ShardUnavailableError] = yield (_FAN, commands)
+        outcome: dict[Shard, list[Any] | ShardUnavailableError] = yield Fan(commands)
         for shard, replies in outcome.items():
             if isinstance(replies, ShardUnavailableError):
                 self._unavailable(replies, None)
@@ -523,27 +455,25 @@ class Cache:
         encode = self.codec.encode
         encoded = {k: encode(mapping[o], k) for k, o in original_of.items()}
         groups = self.topology.group(made)
-        commands: dict[Shard, list[tuple[Any, ...]]]
-        if ttl is None:
-            commands = {
-                shard: [(b"SET", k, encoded[k]) for run in runs for k in run]
-                for shard, runs in groups.items()
-            }
-        else:
-            px = self._px(ttl)
-            commands = {
-                shard: [(b"SET", k, encoded[k], b"PX", px) for run in runs for k in run]
-                for shard, runs in groups.items()
-            }
+        px = None if ttl is None else self._px(ttl)
+        set_ = self.dialect.set
+        commands = {
+            shard: [set_(k, encoded[k], px, False) for run in runs for k in run]
+            for shard, runs in groups.items()
+        }
         failed: list[KeyT] = []
-        outcome: dict[Shard, list[Any] | ShardUnavailableError] = yield (_FAN, commands)
+        outcome: dict[Shard, list[Any] | ShardUnavailableError] = yield Fan(commands)
         for shard, replies in outcome.items():
             keys = [k for run in groups[shard] for k in run]
             if isinstance(replies, ShardUnavailableError):
                 self._unavailable(replies, None)
                 failed += [original_of[k] for k in keys]
                 continue
-            failed += [original_of[k] for k, ok in zip(keys, replies, strict=True) if ok != b"OK"]
+            failed += [
+                original_of[k]
+                for k, ok in zip(keys, replies, strict=True)
+                if ok is None or isinstance(ok, ShardError)
+            ]
         return failed
 
     def delete_many(self, keys: Iterable[Key]) -> int:
@@ -558,9 +488,10 @@ class Cache:
         if not made:
             return 0
         groups = self.topology.group(made)
-        commands = {shard: [(b"DEL", *run) for run in runs] for shard, runs in groups.items()}
+        delete = self.dialect.delete
+        commands = {shard: [delete(run) for run in runs] for shard, runs in groups.items()}
         deleted = 0
-        outcome: dict[Shard, list[Any] | ShardUnavailableError] = yield (_FAN, commands)
+        outcome: dict[Shard, list[Any] | ShardUnavailableError] = yield Fan(commands)
         for replies in outcome.values():
             if isinstance(replies, ShardUnavailableError):
                 self._unavailable(replies, None)
@@ -591,10 +522,11 @@ class Cache:
                 )
             for shard in self.topology.shards():
                 try:
-                    yield (_EXEC, shard, (b"FLUSHDB",), None, False)
+                    yield Exec(shard, self.dialect.flush(), None, False)
                 except ShardUnavailableError as exc:
                     self._unavailable(exc, None)
             return 0
+        self._require(SCAN, "clear() of one prefix (call clear(flush=True) to empty the servers)")
         pattern = _glob_escape(self.prefix) + b"*"
         removed = 0
         for shard in self.topology.shards():
@@ -602,16 +534,22 @@ class Cache:
             try:
                 while True:
                     scan = (b"SCAN", cursor, b"MATCH", pattern, b"COUNT", _SCAN_BATCH)
-                    cursor, keys = yield (_EXEC, shard, scan, None, True)
+                    cursor, keys = yield Exec(shard, scan, None, True)
                     if keys:
                         # One UNLINK per key: valid on a cluster too, where keys span slots.
-                        replies = yield (_PIPE, shard, [(b"UNLINK", k) for k in keys])
+                        replies = yield Pipe(shard, [(b"UNLINK", k) for k in keys])
                         removed += sum(r for r in replies if isinstance(r, int))
                     if cursor in (b"0", 0):
                         break
             except ShardUnavailableError as exc:
                 self._unavailable(exc, None)
         return removed
+
+    def update_shard_states(self, states: Sequence[Any]) -> None:
+        """Give the topology's shards new states at run time (memcache: one `ShardState` or
+        name per shard, in order); every thread of the process sees them on its next call."""
+        self._require(STATES, "update_shard_states()")
+        cast(Stateful, self.topology).update_shard_states(states)
 
     def close(self) -> None:
         """Close the topology's connections."""

@@ -10,27 +10,23 @@ through a full ``redis.Redis`` client built from the same settings (`RedisShard.
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import os
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import redis
 from redis.connection import AbstractConnection
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shardcache.errors import ClosedError, CommandError, ShardError, ShardUnavailableError
-from shardcache.lifecycle import end_watch, forget_after_fork, until_loop_ends
-
-if TYPE_CHECKING:
-    from shardcache.aio import AsyncConnectionPool
+from shardcache.lifecycle import forget_after_fork
+from shardcache.protocols import LoopPools
+from shardcache.wire import IO_ERRORS, after_failure, is_open, pack, pack_many, read_many
 
 __all__ = [
+    "IO_ERRORS",
     "READ_COMMANDS",
     "Batch",
     "ConnectionPool",
@@ -39,42 +35,8 @@ __all__ = [
     "after_failure",
 ]
 
-# Socket-level failures: the connection is unusable and the outcome of the command unknown.
-IO_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
-
 # Commands the cache layer sends that change nothing: safe to send twice.
 READ_COMMANDS = frozenset({b"GET", b"MGET", b"EXISTS", b"PTTL", b"TTL"})
-
-_hiredis_pack: Any
-_HiredisReader: Any
-try:
-    from hiredis import Reader as _HiredisReader
-    from hiredis import pack_command as _hiredis_pack
-except ImportError:  # pragma: no cover - hiredis is optional
-    _hiredis_pack = _HiredisReader = None
-
-# What a RESP2 reply is, as hiredis hands it back (errors aside). Anything else that
-# ``gets()`` returns is its "not enough data yet" marker, whichever object redis-py chose
-# for it (its own private one today, hiredis's False by default): so no marker can ever be
-# taken for a reply, and no private name of redis-py is needed.
-REPLY_TYPES = frozenset({bytes, str, int, list, type(None)})
-
-
-def after_failure(
-    connected: bool, reused: bool, idempotent: bool, error: BaseException
-) -> tuple[bool, bool]:
-    """The one retry rule, for the sync and asyncio paths alike: for a command whose
-    connection failed, ``(sent, again)``.
-
-    ``sent``: whether it may have reached the server, which is as soon as there was a
-    connection to write to (a batch may go out in part, and the server runs every whole
-    command it got); only a connection that could not be made certainly carried nothing.
-    ``again``: whether to run it once more on a fresh connection: only an idempotent command,
-    on a pooled connection that had gone stale, and never after a timeout (a call never
-    waits more than its timeout).
-    """
-    timed_out = isinstance(error, RedisTimeoutError | TimeoutError | asyncio.TimeoutError)
-    return connected, idempotent and reused and not timed_out
 
 
 def send_readonly(conn: AbstractConnection) -> None:
@@ -82,54 +44,6 @@ def send_readonly(conn: AbstractConnection) -> None:
     conn.on_connect()
     conn.send_command("READONLY")
     conn.read_response()
-
-
-def _pack(conn: AbstractConnection, args: Sequence[Any]) -> Any:
-    # hiredis's C packer straight away when it is installed: redis-py's own wrapper first
-    # walks every argument in a Python generator, which costs more than the packing itself.
-    if _hiredis_pack is not None:
-        return [_hiredis_pack(tuple(args))]
-    return conn.pack_command(*args)
-
-
-def _read_many(conn: AbstractConnection, count: int) -> list[Any]:
-    """Read ``count`` replies; error replies come back as ``ResponseError`` values.
-
-    redis-py reads one reply per call, and its ``Connection.read_response`` formats an error
-    prefix and checks health each time: for the hundred replies of a cluster batch that is
-    more than the parsing. With hiredis we drain its reader in one loop, refilling it through
-    redis-py's own socket read; otherwise we fall back to redis-py's parser reply by reply.
-    """
-    parser = getattr(conn, "_parser", None)
-    reader = getattr(parser, "_reader", None)
-    refill = getattr(parser, "read_from_socket", None)
-    replies: list[Any] = []
-    if _HiredisReader is not None and isinstance(reader, _HiredisReader) and refill:
-        gets, reply_types = reader.gets, REPLY_TYPES
-        while len(replies) < count:
-            reply = gets()
-            if reply.__class__ in reply_types:
-                replies.append(reply)
-            elif isinstance(reply, RedisConnectionError):
-                raise reply
-            elif isinstance(reply, Exception):
-                replies.append(reply)  # an error reply, in its place
-            else:
-                refill()  # not a whole reply yet
-        return replies
-    read = getattr(parser, "read_response", None) or conn.read_response
-    for _ in range(count):
-        try:
-            replies.append(read())
-        except ResponseError as exc:
-            replies.append(exc)
-    return replies
-
-
-def _pack_many(conn: AbstractConnection, commands: Sequence[Sequence[Any]]) -> Any:
-    if _hiredis_pack is not None:
-        return [b"".join([_hiredis_pack(tuple(command)) for command in commands])]
-    return conn.pack_commands(commands)
 
 
 class ConnectionPool:
@@ -276,7 +190,7 @@ class Batch:
         """The replies in order; an error reply is a `CommandError` in its place."""
         conn = self._conn
         try:
-            replies = _read_many(conn, self._count)
+            replies = read_many(conn, self._count)
         except IO_ERRORS as exc:
             self.shard.pool.discard(conn)
             raise ShardUnavailableError(str(exc), shard=self.shard.id) from exc
@@ -360,22 +274,21 @@ class RedisShard:
         connection_class = kwargs.pop("connection_class", redis.Connection)
         self._connection_class = connection_class
         self._kwargs = kwargs
-        self._max_connections = max_connections
         self.pool = ConnectionPool(
             factory or (lambda: connection_class(**kwargs)),
             max_connections=max_connections,
             timeout=pool_timeout,
             name=shard_id,
         )
-        self._pool_timeout = pool_timeout
         self._custom_factory = factory is not None
         self._client: redis.Redis | None = None
         self._lock = threading.Lock()
-        # One asyncio pool per event loop, and the watch that drops it when that loop shuts
-        # down (`shardcache.lifecycle.until_loop_ends`). A plain dict: a pool's connections refer
-        # to their loop, so a weak-keyed one would never let a loop go.
-        self._async_pools: dict[asyncio.AbstractEventLoop, AsyncConnectionPool] = {}
-        self._loop_watches: dict[asyncio.AbstractEventLoop, Any] = {}
+        self.max_connections = max_connections
+        self.pool_timeout = pool_timeout
+        # This server's asyncio pools, one per event loop: set by `shardcache.aio` on the
+        # first asyncio call, under ``pools_lock``.
+        self.async_pools: LoopPools | None = None
+        self.pools_lock = threading.Lock()
         forget_after_fork(self)
 
     def __repr__(self) -> str:
@@ -391,12 +304,12 @@ class RedisShard:
         """
         pool = self.pool
         conn = pool.acquire()
-        reused = connected = getattr(conn, "_sock", None) is not None
+        reused = connected = is_open(conn)
         try:
             if not connected:
                 conn.connect()
                 connected = True
-            conn.send_packed_command(_pack(conn, args), check_health=False)
+            conn.send_packed_command(pack(conn, args), check_health=False)
             reply = conn.read_response()
         except ResponseError as exc:
             pool.release(conn)
@@ -416,12 +329,12 @@ class RedisShard:
     def begin(self, commands: Sequence[Sequence[Any]]) -> Batch:
         """Send ``commands`` in one write; read their replies with `Batch.finish`."""
         conn = self.pool.acquire()
-        connected = getattr(conn, "_sock", None) is not None
+        connected = is_open(conn)
         try:
             if not connected:
                 conn.connect()
                 connected = True
-            conn.send_packed_command(_pack_many(conn, commands), check_health=False)
+            conn.send_packed_command(pack_many(conn, commands), check_health=False)
         except IO_ERRORS as exc:
             self.pool.discard(conn)
             sent, _ = after_failure(connected, connected, False, exc)
@@ -444,56 +357,27 @@ class RedisShard:
             if cursor in (b"0", 0):
                 return
 
-    # --- asyncio (see `shardcache.aio`) -----------------------------------------------------
+    # --- asyncio (`shardcache.aio` owns the pools; this module never imports it) -------------
 
     def leaf(self) -> RedisShard:
         """The server commands for this shard go to now: itself."""
         return self
 
-    def async_pool(self) -> AsyncConnectionPool | None:
-        """This server's asyncio connections for the running event loop (one pool per loop:
-        an asyncio connection belongs to the loop that opened it). None when connections
-        come from a user's factory, which has no asyncio twin, or the shard was retired."""
-        loop = asyncio.get_running_loop()
-        pool = self._async_pools.get(loop)
-        if pool is None:
-            pool = self._open_async_pool(loop)
-        return pool
-
-    def _open_async_pool(self, loop: asyncio.AbstractEventLoop) -> AsyncConnectionPool | None:
-        from shardcache.aio import AsyncConnectionPool, async_factory
-
+    def async_settings(self) -> tuple[type, dict[str, Any], bool] | None:
+        """``(connection class, its keyword arguments, readonly)`` for asyncio twins of this
+        server's connections; None when they come from a user's factory (no asyncio twin)
+        or the shard was retired."""
         if self.closed:
             raise ClosedError(f"shard {self.id} is closed")
         if self._custom_factory or self.pool.closed:
             return None
-        factory = async_factory(self._connection_class, self._kwargs, readonly=self.readonly)
-        if factory is None:
-            return None
-        with self._lock:
-            for other in [other for other in list(self._loop_watches) if other.is_closed()]:
-                self._forget_loop(other)  # closed without shutting down: nothing else tells
-            pool = self._async_pools[loop] = AsyncConnectionPool(
-                factory,
-                max_connections=self._max_connections,
-                timeout=self._pool_timeout,
-                read_timeout=self._kwargs.get("socket_timeout"),
-                name=self.id,
-            )
-            self._loop_watches[loop] = until_loop_ends(functools.partial(self._forget_loop, loop))
-        return pool
-
-    def _forget_loop(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Close and drop ``loop``'s pool: the loop is shutting down, or is closed."""
-        pool = self._async_pools.pop(loop, None)
-        self._loop_watches.pop(loop, None)
-        if pool is not None:
-            pool.close()
+        return self._connection_class, self._kwargs, self.readonly
 
     @property
     def async_loops(self) -> int:
         """How many event loops have a pool of this server's asyncio connections now."""
-        return len(self._async_pools)
+        pools = self.async_pools
+        return 0 if pools is None else pools.loops
 
     def recoverable(self, error: ShardError) -> bool:
         """Whether `recover` could do more with ``error`` than raise it: a lone server cannot."""
@@ -525,7 +409,7 @@ class RedisShard:
             if self._client is None:
                 pool = redis.ConnectionPool(
                     connection_class=self._connection_class,
-                    max_connections=self._max_connections,
+                    max_connections=self.max_connections,
                     **self._kwargs,
                 )
                 self._client = redis.Redis(connection_pool=pool)
@@ -539,32 +423,16 @@ class RedisShard:
         """This server no longer holds the shard (e.g. its master was failed over): close
         idle connections now, lent ones when they come back (see `ConnectionPool.retire`)."""
         self.pool.retire()
-        for pool in list(self._async_pools.values()):
-            pool.closed = True  # lent connections are closed on return; idle ones below
-        self._end_loops()
+        if self.async_pools is not None:
+            self.async_pools.retire()
         self._close_client()
 
     def close(self) -> None:
         """Close every connection, sync and asyncio; later calls raise `ClosedError`."""
         self.pool.close()
-        for pool in list(self._async_pools.values()):
-            pool.shut()
-        self._end_loops()
+        if self.async_pools is not None:
+            self.async_pools.shut()
         self._close_client()
-
-    def _end_loops(self) -> None:
-        # An asyncio transport is closed from its own loop's thread: each running loop ends
-        # its watch there (which closes its pool); a closed loop has nothing left to run.
-        with self._lock:
-            watches = list(self._loop_watches.items())
-        for loop, watch in watches:
-            if loop.is_closed():
-                self._forget_loop(loop)
-            else:
-                try:
-                    loop.call_soon_threadsafe(end_watch, watch)
-                except RuntimeError:  # closed meanwhile
-                    self._forget_loop(loop)
 
     def _close_client(self) -> None:
         with self._lock:
@@ -576,5 +444,5 @@ class RedisShard:
     def _after_fork(self) -> None:
         # The parent's event loops and their connections are not the child's to use.
         self._lock = threading.Lock()
-        self._async_pools = {}
-        self._loop_watches = {}
+        self.pools_lock = threading.Lock()
+        self.async_pools = None

@@ -16,6 +16,8 @@ catch the library's failures in one clause without catching unrelated bugs::
     │   ├── CommandError          the shard answered with an error (WRONGTYPE, not an integer...)
     │   ├── RedirectsExhaustedError  a cluster kept redirecting (MOVED/ASK/TRYAGAIN) too long
     │   └── SentinelError         no sentinel answers, or none knows the master name
+    ├── LockError                 a lock could not be acquired, or was released while not held
+    │   └── LockNotOwnedError     the lock expired or another holder took it
     ├── CrossSlotError            keys given together span several cluster slots
     ├── RecordError               the record store refused a call
     │   ├── RecordNotFound        no current record of that type and id (also a LookupError)
@@ -49,6 +51,8 @@ __all__ = [
     "InvalidServerVersion",
     "LeaseError",
     "LocalServerError",
+    "LockError",
+    "LockNotOwnedError",
     "MissingKeyError",
     "NotAnIntegerError",
     "OutOfRangeError",
@@ -179,6 +183,15 @@ class SentinelError(ShardError):
     """The sentinels cannot say who the master is: none reachable, or the name is unknown."""
 
     sentinel_err = True
+
+
+class LockError(ShardcacheError):
+    """A `Cache.lock` could not be acquired (as a ``with`` block), or was released or
+    extended while not held."""
+
+
+class LockNotOwnedError(LockError):
+    """The lock expired, or another holder took it: this holder's token is gone."""
 
 
 class CrossSlotError(ShardcacheError, ValueError):

@@ -3,8 +3,9 @@
 A topology answers two questions: which shard holds a key (`Topology.shard_for`,
 `Topology.group`), and how to run commands on a shard (`Shard.execute` for one command,
 `Shard.begin` / `Batch.finish` for many in one round trip). The cache layer is written once
-against these two small protocols; each topology (hash pool, cluster, sentinel) implements
-them in its own module.
+against these small protocols; each topology (hash pool, cluster, sentinel, memcache)
+implements them in its own module, and each family of servers says what the cache wants in
+its own commands (`Dialect`).
 """
 
 from __future__ import annotations
@@ -19,8 +20,14 @@ __all__ = [
     "REDIS_CAPABILITIES",
     "SCAN",
     "SCRIPTS",
+    "STATES",
+    "TTL",
+    "Dialect",
+    "LoopPools",
     "PendingBatch",
+    "RecoveringShard",
     "Shard",
+    "Stateful",
     "Topology",
 ]
 
@@ -69,9 +76,100 @@ class Shard(Protocol):
 # What a topology can do beyond get/set/delete/incr, asked by the layers above it (never
 # guessed from its class): "scripts" (Lua, for the record store and compare-and-set),
 # "scan" (listing keys by pattern: clear by prefix, delete_pattern, iter_keys), "locks"
-# (redis-py locks on a shard).
-SCRIPTS, SCAN, LOCKS = "scripts", "scan", "locks"
-REDIS_CAPABILITIES = frozenset({SCRIPTS, SCAN, LOCKS})
+# (`Cache.lock`), "ttl" (a key's remaining time to live), "shard_states" (shards that can be
+# ACTIVE, WRITE_ONLY, WARM_UP or DOWN: the topology is `Stateful`).
+SCRIPTS, SCAN, LOCKS, TTL, STATES = "scripts", "scan", "locks", "ttl", "shard_states"
+REDIS_CAPABILITIES = frozenset({SCRIPTS, SCAN, LOCKS, TTL})
+
+Command = tuple[Any, ...]
+
+
+class Dialect(Protocol):
+    """How one family of servers says what `Cache` wants: each method returns the command a
+    shard of that family runs (Redis command tuples; memcache operations). Replies follow
+    one convention whatever the family: a stored ``set`` is not None, a ``delete`` counts
+    the keys it removed, ``pttl`` is milliseconds, -1 for no expiry, -2 for a missing key,
+    an ``incr_existing`` on a missing key is None, a ``swap`` is 1 when it swapped."""
+
+    def get(self, key: bytes) -> Command: ...
+    def mget(self, keys: Sequence[bytes]) -> Command: ...
+    def set(self, key: bytes, data: bytes, px: int | None, only_if_absent: bool) -> Command: ...
+    def delete(self, keys: Sequence[bytes]) -> Command: ...
+    def exists(self, key: bytes) -> Command: ...
+    def pexpire(self, key: bytes, px: int) -> Command: ...
+    def persist(self, key: bytes) -> list[Command]:
+        """A batch whose last reply says whether ``key`` exists (now without expiry)."""
+        ...
+
+    def pttl(self, key: bytes) -> Command: ...
+    def incrby(self, key: bytes, delta: int) -> Command:
+        """Add ``delta``, starting a missing key at 0."""
+        ...
+
+    def incr_existing(self, key: bytes, delta: int) -> Command: ...
+    def swap(self, key: bytes, expected: bytes, new: bytes) -> Command:
+        """Replace ``expected`` by ``new`` keeping the time to live; 0 if it changed."""
+        ...
+
+    def flush(self) -> Command:
+        """Empty the shard's whole database."""
+        ...
+
+    def unscripted(self, command: Command) -> Command | None:
+        """The command to send instead when the server did not know ``command``'s script
+        (Redis: EVALSHA becomes EVAL); None when ``command`` is no script call."""
+        ...
+
+
+class Stateful(Protocol):
+    """A topology whose shards have states (the "shard_states" capability: memcache)."""
+
+    def update_shard_states(self, states: Sequence[Any]) -> None:
+        """Give the shards these states (one `ShardState` or string per shard, in order)."""
+        ...
+
+
+class LoopPools(Protocol):
+    """A server's asyncio connection pools, one per event loop (`shardcache.aio` builds them;
+    the sync shard only retires or shuts them with itself)."""
+
+    @property
+    def loops(self) -> int:
+        """How many event loops have a pool now."""
+        ...
+
+    def retire(self) -> None:
+        """Close connections as they come back, and idle ones now."""
+        ...
+
+    def shut(self) -> None:
+        """`retire`, and refuse every later checkout with `ClosedError`."""
+        ...
+
+
+class RecoveringShard(Shard, Protocol):
+    """A Redis shard whose asyncio calls go to one server (`leaf`) and whose topology may
+    repair a failure there (a MOVED slot, a failed-over master) in a worker thread: the
+    hooks `shardcache.aio` calls around its native asyncio path."""
+
+    def leaf(self) -> Any:
+        """The `RedisShard` (one server) commands for this shard go to now, or None while
+        there is none (a master being failed over)."""
+        ...
+
+    def recoverable(self, error: Any) -> bool:
+        """Whether `recover` could do more with ``error`` (a `ShardError`) than raise it."""
+        ...
+
+    def recover(
+        self, args: Sequence[Any], key: bytes | None, idempotent: bool, error: Any, leaf: Any
+    ) -> Any:
+        """Repair a failed command sent to ``leaf`` and return its reply (blocking)."""
+        ...
+
+    def settle(self, commands: Sequence[Sequence[Any]], leaf: Any, outcome: Any) -> list[Any]:
+        """Repair the replies, or the failure, of a batch sent to ``leaf`` (blocking)."""
+        ...
 
 
 @runtime_checkable
@@ -79,7 +177,10 @@ class Topology(Protocol):
     """Which shard holds which key, and the shards themselves."""
 
     capabilities: frozenset[str]
-    """What it can do beyond the basics: `SCRIPTS`, `SCAN`, `LOCKS`."""
+    """What it can do beyond the basics: `SCRIPTS`, `SCAN`, `LOCKS`, `TTL`."""
+
+    dialect: Dialect
+    """How its shards are told what to do."""
 
     def shard_for(self, key: bytes, *, read: bool = False) -> Shard:
         """The shard that holds ``key``. ``read=True`` says only reads will follow, so a

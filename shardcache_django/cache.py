@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar
 
-import redis.lock
 from django.core.cache.backends.base import (
     DEFAULT_TIMEOUT,
     MEMCACHE_MAX_KEY_LENGTH,
@@ -24,7 +23,7 @@ from django.core.cache.backends.base import (
 )
 from django.core.exceptions import ImproperlyConfigured
 
-from shardcache import Cache, ShardState
+from shardcache import Cache, Lock, ShardState
 from shardcache.cache import _glob_escape
 from shardcache.errors import ConfigurationError
 from shardcache.protocols import SCAN
@@ -217,7 +216,7 @@ class _ShardcacheCache(BaseCache):
         timeout: float | None = None,
         sleep: float = 0.1,
         blocking_timeout: float | None = None,
-    ) -> redis.lock.Lock:
+    ) -> Lock:
         return self.core.lock(
             self.make_and_validate_key(key, version), timeout, blocking_timeout, sleep
         )
@@ -285,5 +284,4 @@ class ShardedMemcacheCache(_ShardcacheCache):
     def update_shard_states(self, states: list[ShardState | str]) -> None:
         """Change the shards' states at run time (e.g. ``caches["mc"].update_shard_states``):
         every thread and request of this process sees them on its next call."""
-        topology = self.core.topology
-        topology.client.manager.update_shard_states(states)  # type: ignore[attr-defined]
+        self.core.update_shard_states(states)

@@ -252,4 +252,4 @@ class ShardedMemcacheCache(_ShardcacheBackend):
 
     def update_shard_states(self, states: list[ShardState | str]) -> None:
         """Change the shards' states, e.g. ``cache.cache.update_shard_states([...])``."""
-        self.core.topology.client.manager.update_shard_states(states)  # type: ignore[attr-defined]
+        self.core.update_shard_states(states)

@@ -27,6 +27,8 @@ from shardcache import (
     Cache,
     ClosedError,
     InvalidKeyError,
+    LockError,
+    LockNotOwnedError,
     MissingKeyError,
     NotAnIntegerError,
     OutOfRangeError,
@@ -281,6 +283,69 @@ class CacheContract:
         first.release()
         assert second.acquire()
         second.release()
+
+    def test_lock_refusals_say_what_is_wrong(self, cache: Cache) -> None:
+        if not self.locks:
+            with pytest.raises(ConfigurationError, match="locks"):
+                cache.alock("job")
+            return
+        lock = cache.lock("job", timeout=0.2)
+        with pytest.raises(LockError, match="does not hold"):
+            lock.release()
+        assert lock.acquire()
+        assert lock.owned()
+        assert lock.locked()
+        assert settles(lambda: not lock.locked(), timeout=10)  # expired on the server
+        assert not lock.owned()
+        with pytest.raises(LockNotOwnedError):
+            lock.extend(1)
+        other = cache.lock("job", timeout=5)
+        assert other.acquire(blocking=False)
+        with pytest.raises(LockNotOwnedError):  # an expired holder cannot release the new one
+            lock.release()
+        assert other.owned()
+        other.release()
+
+    def test_lock_extend_and_reacquire_change_its_life(self, cache: Cache) -> None:
+        if not self.locks:
+            return
+        with cache.lock("job", timeout=2) as lock:
+            assert 1.0 < cache.ttl("job") <= 2.0
+            assert lock.extend(30)
+            assert 30.0 < cache.ttl("job") <= 32.0
+            assert lock.extend(10, replace_ttl=True)
+            assert 8.0 < cache.ttl("job") <= 10.0
+            assert lock.reacquire()
+            assert 1.0 < cache.ttl("job") <= 2.0
+        assert not cache.has("job")  # released on leaving the block
+
+    def test_async_lock_excludes_other_tasks(self, cache: Cache) -> None:
+        if not self.locks:
+            return
+        inside: list[int] = []
+        overlaps: list[int] = []
+
+        async def worker(n: int) -> None:
+            async with cache.alock("job", timeout=10, sleep=0.005):
+                inside.append(n)
+                if len(inside) > 1:
+                    overlaps.append(n)
+                await asyncio.sleep(0.01)
+                inside.remove(n)
+
+        async def main() -> None:
+            await asyncio.gather(*(worker(n) for n in range(8)))
+            lock = cache.alock("job", timeout=5)
+            assert await lock.aacquire(blocking=False)
+            assert await lock.aowned()
+            assert await lock.alocked()
+            assert not await cache.alock("job", blocking_timeout=0.05).aacquire()
+            assert await lock.aextend(5)
+            await lock.arelease()
+            assert not await lock.alocked()
+
+        asyncio.run(main())
+        assert overlaps == []
 
     def test_corrupt_bytes_read_back_as_a_miss_with_a_warning(
         self, cache: Cache, raw: RawClient, caplog: pytest.LogCaptureFixture

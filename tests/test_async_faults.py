@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from shardcache import Cache, Cluster, HashPool, SentinelClient, ShardUnavailableError
+from shardcache import Cache, Cluster, HashPool, SentinelClient, ShardUnavailableError, aio
 from shardcache.testing import RedisCluster, RedisSentinel, StandaloneRedis, wait_until
 
 
@@ -178,7 +178,7 @@ def test_pools_of_a_closed_topology_are_not_reused(
 
     async def scenario() -> None:
         await cache.aset("k", 1)
-        seen.extend(shard.async_pool() for shard in pool.shards())
+        seen.extend(aio.pool_for(shard) for shard in pool.shards())
         pool.close()
         await asyncio.sleep(0)  # the close is scheduled on this loop
         assert all(p.closed for p in seen)
@@ -224,7 +224,7 @@ def test_a_connection_reset_mid_send_counts_as_sent_so_nothing_is_replayed(
     monkeypatch.setattr(redis.asyncio.Connection, "send_packed_command", ahalf_then_reset)
 
     async def begin_async() -> None:
-        await shard.async_pool().begin(commands)  # type: ignore[union-attr]
+        await aio.pool_for(shard).begin(commands)  # type: ignore[union-attr]
 
     def begin() -> None:  # a fresh connection: made, then reset while sending
         if path == "sync":

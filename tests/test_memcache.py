@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -21,11 +22,13 @@ from shardcache.topologies.memcache import (
     GetResponse,
     Item,
     MemcachedState,
+    MemcacheShard,
     ShardedMemcacheClient,
     ShardState,
     StaticShardManager,
     Status,
 )
+from shardcache.topologies.memcache.topology import Op
 from tests.cache_contract import CacheContract, RawClient
 
 ACTIVE, WRITE_ONLY, WARM_UP, DOWN = (
@@ -523,6 +526,21 @@ class TestMemcacheCache(CacheContract):
     clear_by_prefix = False  # memcached cannot list keys
     locks = False
     native_async = False  # pymemcache has no asyncio client
+
+    @pytest.fixture(autouse=True)
+    def _no_redis_command(self, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+        # Every command a memcache shard runs during the contract is a memcache operation
+        # from its own dialect: no Redis command is built for it or parsed by it.
+        seen: list[object] = []
+        run = MemcacheShard._run
+
+        def recording(shard: MemcacheShard, command: Any) -> Any:
+            seen.append(command[0])
+            return run(shard, command)
+
+        monkeypatch.setattr(MemcacheShard, "_run", recording)
+        yield
+        assert all(isinstance(op, Op) for op in seen), [op for op in seen if not isinstance(op, Op)]
 
     @pytest.fixture
     def client(self, clean_memcached_servers: MemcachedServers) -> Iterator[ShardedMemcacheClient]:

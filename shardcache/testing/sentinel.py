@@ -211,7 +211,7 @@ class RedisSentinel(Topology):
         return online == len(running_nodes) - 1
 
     def failover(
-        self, name: str, timeout: float = 30.0, *, settle: bool = True, settle_timeout: float = 60.0
+        self, name: str, timeout: float = 90.0, *, settle: bool = True, settle_timeout: float = 60.0
     ) -> tuple[str, int]:
         """Force a failover of ``name`` (``SENTINEL FAILOVER``) and return the new master.
 

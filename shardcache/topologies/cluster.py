@@ -28,6 +28,7 @@ from redis.retry import Retry
 
 from shardcache.config import RedisAddress
 from shardcache.connections import IO_ERRORS, RecoveringBatch, RedisShard
+from shardcache.dialects import REDIS
 from shardcache.errors import (
     ClosedError,
     CommandError,
@@ -39,7 +40,7 @@ from shardcache.errors import (
 )
 from shardcache.hashing import CLUSTER_SLOTS, slot
 from shardcache.lifecycle import forget_after_fork
-from shardcache.protocols import REDIS_CAPABILITIES, Shard
+from shardcache.protocols import REDIS_CAPABILITIES, Dialect, Shard
 from shardcache.topologies.redirects import Redirect, RedirectPolicy, is_tryagain
 
 __all__ = ["Binding", "Cluster", "ClusterNode"]
@@ -86,6 +87,7 @@ class Cluster:
     """
 
     capabilities = REDIS_CAPABILITIES
+    dialect: Dialect = REDIS
 
     def __init__(
         self,

@@ -12,9 +12,10 @@ from redis.retry import Retry
 
 from shardcache.config import RedisAddress
 from shardcache.connections import RedisShard
+from shardcache.dialects import REDIS
 from shardcache.errors import ConfigurationError
 from shardcache.hashing import HashFunction, Selector, make_selector
-from shardcache.protocols import REDIS_CAPABILITIES, Shard
+from shardcache.protocols import REDIS_CAPABILITIES, Dialect, Shard
 
 __all__ = ["HashPool"]
 
@@ -40,6 +41,7 @@ class HashPool:
     """
 
     capabilities = REDIS_CAPABILITIES
+    dialect: Dialect = REDIS
 
     def __init__(
         self,

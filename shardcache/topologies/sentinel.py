@@ -34,6 +34,7 @@ from redis.retry import Retry
 
 from shardcache.config import RedisAddress
 from shardcache.connections import RecoveringBatch, RedisShard
+from shardcache.dialects import REDIS
 from shardcache.errors import (
     ClosedError,
     CommandError,
@@ -44,7 +45,7 @@ from shardcache.errors import (
 )
 from shardcache.hashing import HashFunction, Selector, make_selector
 from shardcache.lifecycle import forget_after_fork
-from shardcache.protocols import REDIS_CAPABILITIES, PendingBatch, Shard
+from shardcache.protocols import REDIS_CAPABILITIES, Dialect, PendingBatch, Shard
 
 __all__ = ["SentinelClient", "SentinelMaster", "SentinelReplicaReads"]
 
@@ -96,6 +97,7 @@ class SentinelClient:
     """
 
     capabilities = REDIS_CAPABILITIES
+    dialect: Dialect = REDIS
 
     def __init__(
         self,

@@ -1,7 +1,9 @@
 """The sharded memcache client as a topology for `Cache`.
 
-`Cache` speaks a handful of Redis commands to its shards; this module answers them with
-memcache operations through `ShardedMemcacheClient`. Each memcached is one protocol shard
+`Cache` says what it wants through the topology's dialect; here that is `MemcacheDialect`,
+whose commands are memcache operations (`Op`) that `MemcacheShard` runs through
+`ShardedMemcacheClient`. No Redis command is ever built or parsed on this path, and a shard
+refuses anything that is not one of its operations. Each memcached is one protocol shard
 (keys grouped as the client's shard function places them), and a batch runs on the client's
 thread pool from the moment it is begun, so the servers work in parallel. Framework rules
 (DESIGN.md section 3): ``add`` on a non-ACTIVE shard is "not stored" (so add-as-a-lock stays
@@ -13,10 +15,11 @@ seconds for TTLs, no locks (``Cache.lock``), and decrements floor at 0.
 
 from __future__ import annotations
 
+import enum
 import math
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, NoReturn
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import redis
 
@@ -27,8 +30,7 @@ from shardcache.errors import (
     OutOfRangeError,
     ShardUnavailableError,
 )
-from shardcache.protocols import Shard
-from shardcache.scripts import INCR_EXISTING_SHA, SWAP_SHA, sha_of
+from shardcache.protocols import STATES, TTL, Dialect, Shard
 from shardcache.topologies.memcache.client import ShardedMemcacheClient
 from shardcache.topologies.memcache.model import (
     NO_EXPIRATION_INCR,
@@ -41,7 +43,7 @@ from shardcache.topologies.memcache.model import (
     validate_key,
 )
 
-__all__ = ["MemcacheShard", "MemcacheTopology"]
+__all__ = ["MEMCACHE", "MemcacheDialect", "MemcacheShard", "MemcacheTopology", "Op"]
 
 # Statuses that are answers, not failures: the caller reads them.
 _OUTCOMES = frozenset(
@@ -51,9 +53,78 @@ _OUTCOMES = frozenset(
 _THIRTY_DAYS = 30 * 24 * 3600  # memcached reads a larger expiration as a Unix time
 
 
-def _expiration(ms: int) -> int:
+def _expiration(ms: int | None) -> int:
+    # memcached's expiration for a time to live in milliseconds (None: 0, never).
+    if ms is None:
+        return 0
     seconds = max(1, math.ceil(ms / 1000))
     return seconds if seconds <= _THIRTY_DAYS else int(time.time()) + seconds
+
+
+class Op(enum.Enum):
+    """The operations a memcache shard runs (the first item of each of its commands)."""
+
+    GET = "get"  # key
+    GET_MULTI = "get_multi"  # *keys
+    SET = "set"  # key, data, expiration ms or None
+    ADD = "add"  # key, data, expiration ms or None
+    DELETE = "delete"  # *keys
+    TOUCH = "touch"  # key, expiration ms or None (never)
+    EXISTS = "exists"  # key
+    TTL = "ttl"  # key
+    INCR = "incr"  # key, delta (a missing key starts at delta)
+    INCR_EXISTING = "incr_existing"  # key, delta
+    SWAP = "swap"  # key, expected, new
+    FLUSH_ALL = "flush_all"
+
+
+Command = tuple[Any, ...]
+
+
+class MemcacheDialect:
+    """`Cache`'s wants as memcache operations."""
+
+    def get(self, key: bytes) -> Command:
+        return (Op.GET, key)
+
+    def mget(self, keys: Sequence[bytes]) -> Command:
+        return (Op.GET_MULTI, *keys)
+
+    def set(self, key: bytes, data: bytes, px: int | None, only_if_absent: bool) -> Command:
+        return (Op.ADD if only_if_absent else Op.SET, key, data, px)
+
+    def delete(self, keys: Sequence[bytes]) -> Command:
+        return (Op.DELETE, *keys)
+
+    def exists(self, key: bytes) -> Command:
+        return (Op.EXISTS, key)
+
+    def pexpire(self, key: bytes, px: int) -> Command:
+        return (Op.TOUCH, key, px)
+
+    def persist(self, key: bytes) -> list[Command]:
+        return [(Op.TOUCH, key, None)]  # touch answers whether the key exists
+
+    def pttl(self, key: bytes) -> Command:
+        return (Op.TTL, key)
+
+    def incrby(self, key: bytes, delta: int) -> Command:
+        return (Op.INCR, key, delta)
+
+    def incr_existing(self, key: bytes, delta: int) -> Command:
+        return (Op.INCR_EXISTING, key, delta)
+
+    def swap(self, key: bytes, expected: bytes, new: bytes) -> Command:
+        return (Op.SWAP, key, expected, new)
+
+    def flush(self) -> Command:
+        return (Op.FLUSH_ALL,)
+
+    def unscripted(self, command: Command) -> Command | None:
+        return None  # memcache runs no scripts
+
+
+MEMCACHE = MemcacheDialect()
 
 
 class MemcacheShard:
@@ -70,6 +141,7 @@ class MemcacheShard:
     # --- the protocol ------------------------------------------------------------------------
 
     def execute(self, *args: Any, key: bytes | None = None, idempotent: bool = False) -> Any:
+        """Run one memcache operation: ``args`` is ``(Op.X, *its arguments)``."""
         return self._run(args)
 
     def begin(self, commands: Sequence[Sequence[Any]]) -> _Running:
@@ -79,9 +151,6 @@ class MemcacheShard:
         return _Running(self, commands).finish()
 
     def scan(self, match: bytes, count: int = 1000) -> Iterator[bytes]:
-        self._cmd_scan()
-
-    def _cmd_scan(self, *args: Any) -> NoReturn:
         raise ConfigurationError(
             "memcache cannot list keys, so clear() cannot delete one prefix: "
             "call clear(flush=True) to empty every server"
@@ -95,12 +164,14 @@ class MemcacheShard:
 
     # --- commands ----------------------------------------------------------------------------
 
-    def _run(self, args: Sequence[Any]) -> Any:
-        name = args[0].upper() if isinstance(args[0], bytes) else str(args[0]).upper().encode()
-        handler = getattr(self, "_cmd_" + name.decode().lower(), None)
-        if handler is None:
-            raise CommandError(f"{name.decode()} is not available on memcache", shard=self.id)
-        return handler(*args[1:])
+    def _run(self, command: Sequence[Any]) -> Any:
+        op = command[0]
+        if op.__class__ is not Op:
+            raise TypeError(
+                f"memcache shard {self.id} got {op!r}: not a memcache operation "
+                "(commands come from the topology's dialect, `MemcacheDialect`)"
+            )
+        return self._handlers[op](self, *command[1:])
 
     def _check(self, response: GetResponse | MutateResponse | CountResponse, key: bytes) -> None:
         """Raise the typed error of a failed response; the outcomes a caller reads (found,
@@ -120,71 +191,54 @@ class MemcacheShard:
             raise OutOfRangeError(f"memcached refused the delta: {response.error}")
         raise CommandError(f"{status.name}: {response.error}", shard=self.id, key=key)
 
-    def _cmd_get(self, key: bytes) -> bytes | None:
+    def _get(self, key: bytes) -> bytes | None:
         response = self.memcache.get(key)
         self._check(response, key)
         return response.value
 
-    def _cmd_mget(self, *keys: bytes) -> list[bytes | None]:
+    def _get_multi(self, *keys: bytes) -> list[bytes | None]:
         found = self.memcache.get_multi(keys)
         for key in keys:
             self._check(found[key], key)
         return [found[key].value for key in keys]
 
-    def _cmd_exists(self, key: bytes) -> int:
-        return 0 if self._cmd_pttl(key) == -2 else 1
-
-    def _cmd_set(self, key: bytes, value: bytes, *options: Any) -> bytes | None:
-        expiration, only_if_absent = 0, False
-        rest = list(options)
-        while rest:
-            option = rest.pop(0)
-            if option in (b"PX", "PX"):
-                expiration = _expiration(int(rest.pop(0)))
-            elif option in (b"NX", "NX"):
-                only_if_absent = True
-        item = Item(key, value, expiration=expiration)
-        if only_if_absent:
-            shard = self.memcache.manager.get_shard(key)
-            if shard is not None and shard.state is not MemcachedState.ACTIVE:
-                return None  # add on a non-ACTIVE shard is "not stored": add-as-lock stays safe
-            response = self.memcache.add(item)
-        else:
-            response = self.memcache.set(item)
+    def _set(self, key: bytes, value: bytes, px: int | None) -> bool | None:
+        response = self.memcache.set(Item(key, value, expiration=_expiration(px)))
         self._check(response, key)
-        return b"OK" if response.ok else None
+        return True if response.ok else None
+
+    def _add(self, key: bytes, value: bytes, px: int | None) -> bool | None:
+        shard = self.memcache.manager.get_shard(key)
+        if shard is not None and shard.state is not MemcachedState.ACTIVE:
+            return None  # add on a non-ACTIVE shard is "not stored": add-as-lock stays safe
+        response = self.memcache.add(Item(key, value, expiration=_expiration(px)))
+        self._check(response, key)
+        return True if response.ok else None
 
     def set_many(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
-        """Plain ``SET key value [PX ms]`` commands as one pipelined memcache request."""
-        items = [
-            Item(c[1], c[2], expiration=_expiration(int(c[4])) if len(c) > 3 else 0)
-            for c in commands
-        ]
+        """`Op.SET` commands as one pipelined memcache request."""
+        items = [Item(c[1], c[2], expiration=_expiration(c[3])) for c in commands]
         replies: list[Any] = []
         for command, response in zip(commands, self.memcache.set_multi(items), strict=True):
             self._check(response, command[1])
-            replies.append(b"OK" if response.ok else None)
+            replies.append(True if response.ok else None)
         return replies
 
-    def _cmd_del(self, *keys: bytes) -> int:
+    def _delete(self, *keys: bytes) -> int:
         responses = self.memcache.delete_multi(keys)
         for key, response in zip(keys, responses, strict=True):
             self._check(response, key)
         return sum(1 for r in responses if r.ok)
 
-    _cmd_unlink = _cmd_del
-
-    def _cmd_pexpire(self, key: bytes, ms: int) -> int:
-        response = self.memcache.touch(key, _expiration(int(ms)))
+    def _touch(self, key: bytes, px: int | None) -> int:
+        response = self.memcache.touch(key, _expiration(px))  # None: 0, never expires
         self._check(response, key)
         return 1 if response.ok else 0
 
-    def _cmd_persist(self, key: bytes) -> int:
-        response = self.memcache.touch(key, 0)  # expiration 0: never
-        self._check(response, key)
-        return 1 if response.ok else 0
+    def _exists(self, key: bytes) -> int:
+        return 0 if self._ttl(key) == -2 else 1
 
-    def _cmd_pttl(self, key: bytes) -> int:
+    def _ttl(self, key: bytes) -> int:
         shard = self.memcache.manager.get_shard(key)
         if shard is None or shard.state is not MemcachedState.ACTIVE:
             return -2
@@ -195,14 +249,6 @@ class MemcacheShard:
         if ttl is None:
             return -2
         return -1 if ttl < 0 else ttl * 1000
-
-    def _cmd_evalsha(self, sha: bytes, count: int, key: bytes, *args: Any) -> Any:
-        # The cache layer's scripts (`shardcache.scripts`), each by its memcache equivalent.
-        if sha == INCR_EXISTING_SHA:
-            return self._count(key, int(args[0]), create=False)
-        if sha == SWAP_SHA:
-            return self._swap(key, args[0], args[1])
-        raise CommandError(f"script {sha.decode()} has no memcache equivalent", shard=self.id)
 
     def _swap(self, key: bytes, expected: bytes, new: bytes) -> int:
         """SWAP: replace ``expected`` by ``new``, keeping the time to live (gets, then cas)."""
@@ -222,9 +268,12 @@ class MemcacheShard:
         self._check(response, key)
         return 1 if response.ok else 0
 
-    def _cmd_incrby(self, key: bytes, delta: int) -> int | None:
+    def _incr(self, key: bytes, delta: int) -> int | None:
         # A missing key starts at delta (memcached counts are unsigned: at 0 if negative).
         return self._count(key, int(delta), create=True)
+
+    def _incr_existing(self, key: bytes, delta: int) -> int | None:
+        return self._count(key, int(delta), create=False)
 
     def _count(self, key: bytes, delta: int, *, create: bool) -> int | None:
         operation = self.memcache.increment if delta >= 0 else self.memcache.decrement
@@ -242,22 +291,28 @@ class MemcacheShard:
             raise CommandError(f"incr failed: {response.status.name}", shard=self.id, key=key)
         return response.count
 
-    def _cmd_eval(self, script: bytes, count: int, key: bytes, *args: Any) -> Any:
-        return self._cmd_evalsha(sha_of(script), count, key, *args)
-
-    def _cmd_flushdb(self) -> bytes:
+    def _flush_all(self) -> bool:
         shard = self.memcache.manager.get_all_shards()[self.index]
         try:
             self.memcache.call(shard, "flush_all", 0, noreply=False)
         except ShardUnavailableError as exc:
             raise ShardUnavailableError(str(exc), shard=self.id) from exc
-        return b"OK"
+        return True
 
-
-def _plain_set(command: Sequence[Any]) -> bool:
-    return command[0] in (b"SET", "SET") and (
-        len(command) == 3 or (len(command) == 5 and command[3] in (b"PX", "PX"))
-    )
+    _handlers: dict[Op, Callable[..., Any]] = {
+        Op.GET: _get,
+        Op.GET_MULTI: _get_multi,
+        Op.SET: _set,
+        Op.ADD: _add,
+        Op.DELETE: _delete,
+        Op.TOUCH: _touch,
+        Op.EXISTS: _exists,
+        Op.TTL: _ttl,
+        Op.INCR: _incr,
+        Op.INCR_EXISTING: _incr_existing,
+        Op.SWAP: _swap,
+        Op.FLUSH_ALL: _flush_all,
+    }
 
 
 class _Running:
@@ -270,7 +325,7 @@ class _Running:
 
     @staticmethod
     def _run_all(shard: MemcacheShard, commands: Sequence[Sequence[Any]]) -> list[Any]:
-        if len(commands) > 1 and all(_plain_set(c) for c in commands):
+        if len(commands) > 1 and all(c[0] is Op.SET for c in commands):
             return shard.set_many(commands)  # the cache's set_many: one request, not N
         replies: list[Any] = []
         for command in commands:
@@ -288,13 +343,17 @@ class _Running:
 class MemcacheTopology:
     """A `ShardedMemcacheClient` as a topology for `Cache`."""
 
-    capabilities: frozenset[str] = frozenset()  # no scripts, no key listing, no locks
+    # No scripts, no key listing, no locks; shards with states.
+    capabilities: frozenset[str] = frozenset({TTL, STATES})
+    dialect: Dialect = MEMCACHE
 
     def __init__(self, client: ShardedMemcacheClient) -> None:
         self.client = client
         self._shards: dict[tuple[int, str], MemcacheShard] = {}
 
     def __repr__(self) -> str:
+        if self.closed:
+            return "<MemcacheTopology closed>"
         return f"<MemcacheTopology {[s.address for s in self.client.manager.get_all_shards()]}>"
 
     def _shard(self, index: int, address: str) -> MemcacheShard:
@@ -329,6 +388,10 @@ class MemcacheTopology:
 
     def shards(self) -> list[Shard]:
         return [self._shard(h.index, h.address) for h in self.client.manager.get_all_shards()]
+
+    def update_shard_states(self, states: Sequence[Any]) -> None:
+        """Give the shards new states at run time (`ShardManager.update_shard_states`)."""
+        self.client.manager.update_shard_states(list(states))
 
     @property
     def closed(self) -> bool:

@@ -1,0 +1,203 @@
+"""The Redis wire, shared by the sync pool (`shardcache.connections`) and the asyncio one
+(`shardcache.aio`): packing, draining replies from hiredis, the I/O error set, the retry
+rule, and every private name of another project that shardcache touches.
+
+This module imports nothing of shardcache, so neither driver depends on the other.
+
+Private names (the whole list; each has a tested fallback that costs speed, never
+correctness):
+
+- redis-py ``Connection._sock``: whether a sync connection is open, so a failure on a reused
+  one may be retried. Fallback: "not known to be open", so redis-py's own ``connect()``
+  decides, and a stale pooled connection costs its caller one failure instead of a retry.
+- redis-py ``Connection._parser`` and its ``_reader`` (a ``hiredis.Reader``) and
+  ``read_from_socket``: drain a batch's replies in one loop instead of one
+  ``read_response`` per reply. Fallback: ``read_response`` reply by reply.
+- redis-py asyncio ``Connection._writer``: close a broken asyncio connection's transport at
+  once, synchronously. Fallback: schedule redis-py's ``disconnect()`` on the running loop.
+
+Django, Flask-Caching and pymemcache are used through public names only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+if sys.version_info >= (3, 11):
+    from asyncio import timeout as deadline
+else:  # redis-py depends on async-timeout before 3.11.3
+    from async_timeout import timeout as deadline
+
+__all__ = [
+    "ASYNC_IO_ERRORS",
+    "IO_ERRORS",
+    "PRIVATE_NAMES",
+    "REPLY_TYPES",
+    "after_failure",
+    "deadline",
+    "drop_async",
+    "is_open",
+    "pack",
+    "pack_many",
+    "read_many",
+    "read_many_async",
+]
+
+# Every private attribute read from another project, for review (see the module docstring).
+PRIVATE_NAMES = (
+    "redis.connection.AbstractConnection._sock",
+    "redis.connection.AbstractConnection._parser",
+    "redis._parsers.hiredis._HiredisParser._reader",
+    "redis._parsers.hiredis._HiredisParser.read_from_socket",
+    "redis.asyncio.connection.AbstractConnection._parser",
+    "redis._parsers.hiredis._AsyncHiredisParser._reader",
+    "redis._parsers.hiredis._AsyncHiredisParser.read_from_socket",
+    "redis.asyncio.connection.AbstractConnection._writer",
+)
+
+# The private attribute names themselves (a test renames each to prove its fallback).
+_SOCK, _PARSER, _READER, _WRITER = "_sock", "_parser", "_reader", "_writer"
+
+# Socket-level failures: the connection is unusable and the outcome of the command unknown.
+IO_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+ASYNC_IO_ERRORS = (*IO_ERRORS, asyncio.TimeoutError)
+
+_hiredis_pack: Any
+HiredisReader: Any
+try:
+    from hiredis import Reader as HiredisReader
+    from hiredis import pack_command as _hiredis_pack
+except ImportError:  # pragma: no cover - hiredis is optional
+    _hiredis_pack = HiredisReader = None
+
+# What a RESP2 reply is, as hiredis hands it back (errors aside). Anything else that
+# ``gets()`` returns is its "not enough data yet" marker, whichever object redis-py chose
+# for it (its own private one today, hiredis's False by default): so no marker can ever be
+# taken for a reply, and no private name of redis-py is needed for it.
+REPLY_TYPES = frozenset({bytes, str, int, list, type(None)})
+
+
+def after_failure(
+    connected: bool, reused: bool, idempotent: bool, error: BaseException
+) -> tuple[bool, bool]:
+    """The one retry rule, for the sync and asyncio paths alike: for a command whose
+    connection failed, ``(sent, again)``.
+
+    ``sent``: whether it may have reached the server, which is as soon as there was a
+    connection to write to (a batch may go out in part, and the server runs every whole
+    command it got); only a connection that could not be made certainly carried nothing.
+    ``again``: whether to run it once more on a fresh connection: only an idempotent command,
+    on a pooled connection that had gone stale, and never after a timeout (a call never
+    waits more than its timeout).
+    """
+    timed_out = isinstance(error, RedisTimeoutError | TimeoutError | asyncio.TimeoutError)
+    return connected, idempotent and reused and not timed_out
+
+
+def is_open(conn: Any) -> bool:
+    """Whether a sync redis-py connection has its socket (False when that cannot be told)."""
+    return getattr(conn, _SOCK, None) is not None
+
+
+def pack(conn: Any, args: Sequence[Any]) -> Any:
+    """One command as bytes to send. hiredis's C packer when it is installed: redis-py's own
+    wrapper first walks every argument in a Python generator, which costs more than the
+    packing itself."""
+    if _hiredis_pack is not None:
+        return [_hiredis_pack(tuple(args))]
+    return conn.pack_command(*args)
+
+
+def pack_many(conn: Any, commands: Sequence[Sequence[Any]]) -> Any:
+    """Many commands as one write."""
+    if _hiredis_pack is not None:
+        return [b"".join([_hiredis_pack(tuple(command)) for command in commands])]
+    return conn.pack_commands(commands)
+
+
+def _hiredis_of(conn: Any) -> tuple[Any, Any]:
+    # (reader.gets, parser.read_from_socket) when ``conn`` parses with hiredis, else Nones.
+    parser = getattr(conn, _PARSER, None)
+    reader = getattr(parser, _READER, None)
+    refill = getattr(parser, "read_from_socket", None)
+    if HiredisReader is not None and isinstance(reader, HiredisReader) and refill is not None:
+        return reader.gets, refill
+    return None, None
+
+
+def read_many(conn: Any, count: int) -> list[Any]:
+    """Read ``count`` replies from a sync connection; error replies come back as
+    ``ResponseError`` values in their places.
+
+    redis-py reads one reply per call, and its ``read_response`` formats an error prefix and
+    checks health each time: for the hundred replies of a cluster batch that is more than
+    the parsing. With hiredis we drain its reader in one loop, refilling it through redis-py's
+    own socket read; otherwise redis-py reads reply by reply.
+    """
+    gets, refill = _hiredis_of(conn)
+    replies: list[Any] = []
+    if gets is not None:
+        reply_types = REPLY_TYPES
+        while len(replies) < count:
+            reply = gets()
+            if reply.__class__ in reply_types:
+                replies.append(reply)
+            elif isinstance(reply, RedisConnectionError):
+                raise reply
+            elif isinstance(reply, Exception):
+                replies.append(reply)  # an error reply, in its place
+            else:
+                refill()  # not a whole reply yet
+        return replies
+    for _ in range(count):
+        try:
+            replies.append(conn.read_response())
+        except ResponseError as exc:
+            replies.append(exc)
+    return replies
+
+
+async def read_many_async(conn: Any, count: int, read_timeout: float | None) -> list[Any]:
+    """`read_many` on an asyncio connection, under one deadline for the whole batch."""
+    gets, refill = _hiredis_of(conn)
+    replies: list[Any] = []
+    if gets is not None:
+        reply_types = REPLY_TYPES
+        async with deadline(read_timeout):
+            while len(replies) < count:
+                reply = gets()
+                if reply.__class__ in reply_types:
+                    replies.append(reply)
+                elif isinstance(reply, RedisConnectionError):
+                    raise reply
+                elif isinstance(reply, Exception):
+                    replies.append(reply)
+                else:
+                    await refill()
+        return replies
+    for _ in range(count):
+        try:
+            replies.append(await conn.read_response())
+        except ResponseError as exc:
+            replies.append(exc)
+    return replies
+
+
+def drop_async(conn: Any) -> None:
+    """Close a broken asyncio connection without waiting for the peer: it is never used
+    again, so closing its transport (synchronous) is all it needs."""
+    writer = getattr(conn, _WRITER, None)
+    if writer is not None:
+        with contextlib.suppress(Exception):
+            writer.close()
+        return
+    with contextlib.suppress(RuntimeError):  # no running loop: nothing is left to close
+        asyncio.get_running_loop().create_task(conn.disconnect(nowait=True))
