@@ -122,6 +122,17 @@ class Codec:
         """`decode` for many values (``None`` for absent keys), in one tight loop: `MISSING`
         stands for an absent or unreadable value, and ``on_error`` hears of the latter."""
         plain, loads, decode_other = self._plain_header, self._loads, self._decode_other
+        try:  # the common case, every value readable, in one comprehension
+            return [
+                MISSING
+                if raw is None
+                else loads(raw[1:])
+                if raw[0] == plain
+                else decode_other(raw, key)
+                for raw, key in zip(raws, keys, strict=True)
+            ]
+        except Exception:  # an unreadable value: all again, one by one, below
+            pass
         values: list[Any] = []
         append = values.append
         for raw, key in zip(raws, keys, strict=True):

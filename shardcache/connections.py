@@ -23,7 +23,16 @@ from redis.exceptions import ResponseError
 from shardcache.errors import ClosedError, CommandError, ShardError, ShardUnavailableError
 from shardcache.lifecycle import forget_after_fork
 from shardcache.protocols import LoopPools
-from shardcache.wire import IO_ERRORS, after_failure, is_open, pack, pack_many, read_many
+from shardcache.wire import (
+    IO_ERRORS,
+    after_failure,
+    is_open,
+    pack,
+    pack_many,
+    read_many,
+    read_one,
+    send,
+)
 
 __all__ = [
     "IO_ERRORS",
@@ -309,8 +318,8 @@ class RedisShard:
             if not connected:
                 conn.connect()
                 connected = True
-            conn.send_packed_command(pack(conn, args), check_health=False)
-            reply = conn.read_response()
+            send(conn, pack(conn, args))
+            reply = read_one(conn)
         except ResponseError as exc:
             pool.release(conn)
             raise CommandError(str(exc), shard=self.id, key=key, reply=exc) from exc
@@ -334,7 +343,7 @@ class RedisShard:
             if not connected:
                 conn.connect()
                 connected = True
-            conn.send_packed_command(pack_many(conn, commands), check_health=False)
+            send(conn, pack_many(conn, commands))
         except IO_ERRORS as exc:
             self.pool.discard(conn)
             sent, _ = after_failure(connected, connected, False, exc)

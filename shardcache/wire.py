@@ -8,11 +8,13 @@ Private names (the whole list; each has a tested fallback that costs speed, neve
 correctness):
 
 - redis-py ``Connection._sock``: whether a sync connection is open, so a failure on a reused
-  one may be retried. Fallback: "not known to be open", so redis-py's own ``connect()``
-  decides, and a stale pooled connection costs its caller one failure instead of a retry.
+  one may be retried, and the socket a command is written to (one ``sendall``, without
+  redis-py's per-call checks). Fallback: "not known to be open", so redis-py's own
+  ``connect()`` decides (a stale pooled connection costs its caller one failure instead of
+  a retry), and redis-py's ``send_packed_command`` writes.
 - redis-py ``Connection._parser`` and its ``_reader`` (a ``hiredis.Reader``) and
-  ``read_from_socket``: drain a batch's replies in one loop instead of one
-  ``read_response`` per reply. Fallback: ``read_response`` reply by reply.
+  ``read_from_socket``: read replies straight from hiredis, a batch's in one loop, instead
+  of through redis-py's ``read_response`` layers. Fallback: ``read_response`` reply by reply.
 - redis-py asyncio ``Connection._writer``: close a broken asyncio connection's transport at
   once, synchronously. Fallback: schedule redis-py's ``disconnect()`` on the running loop.
 
@@ -49,6 +51,8 @@ __all__ = [
     "pack_many",
     "read_many",
     "read_many_async",
+    "read_one",
+    "send",
 ]
 
 # Every private attribute read from another project, for review (see the module docstring).
@@ -105,6 +109,30 @@ def after_failure(
 def is_open(conn: Any) -> bool:
     """Whether a sync redis-py connection has its socket (False when that cannot be told)."""
     return getattr(conn, _SOCK, None) is not None
+
+
+def send(conn: Any, packed: list[bytes]) -> None:
+    """Write packed commands on an open sync connection."""
+    sock = getattr(conn, _SOCK, None)
+    if sock is None:
+        conn.send_packed_command(packed, check_health=False)
+        return
+    for chunk in packed:
+        sock.sendall(chunk)
+
+
+def read_one(conn: Any) -> Any:
+    """One reply from a sync connection; an error reply raises it (a ``ResponseError``)."""
+    gets, refill = _hiredis_of(conn)
+    if gets is None:
+        return conn.read_response()
+    while True:
+        reply = gets()
+        if reply.__class__ in REPLY_TYPES:
+            return reply
+        if isinstance(reply, Exception):
+            raise reply  # an error reply, or a connection error hiredis handed back
+        refill()  # not a whole reply yet
 
 
 def pack(conn: Any, args: Sequence[Any]) -> Any:
