@@ -54,7 +54,9 @@ CODEC_OPTIONS = frozenset(
     {"SERIALIZER", "COMPRESSOR", "COMPRESS_THRESHOLD", "SIGNING_SECRET", "IGNORE_ERRORS"}
     | {"MAX_VALUE_SIZE"}
 )
-_REDIS = {"CONNECT_TIMEOUT", "SOCKET_TIMEOUT", "MAX_CONNECTIONS", "USERNAME", "PASSWORD"}
+_REDIS = {"CONNECT_TIMEOUT", "SOCKET_TIMEOUT", "MAX_CONNECTIONS", "USERNAME", "PASSWORD"} | {
+    "CONNECTION_POOL_KWARGS"
+}
 _TLS = {"SSL_CA_CERTS", "SSL_CERTFILE", "SSL_KEYFILE", "SSL_CERT_REQS"}
 OPTIONS: dict[str, frozenset[str]] = {
     "hashpool": frozenset(CODEC_OPTIONS | _REDIS | _TLS | {"HASH"}),
@@ -121,7 +123,40 @@ ALIASES = {"SOCKET_CONNECT_TIMEOUT": "CONNECT_TIMEOUT", "IGNORE_EXCEPTIONS": "IG
 _REPLACED = {
     "CLIENT_CLASS": "pick the shardcache backend for your servers instead "
     "(ShardedRedisCache, RedisClusterCache, RedisSentinelCache, ShardedMemcacheCache)",
-    "CONNECTION_POOL_KWARGS": "set MAX_CONNECTIONS, CONNECT_TIMEOUT and SOCKET_TIMEOUT",
+}
+
+# redis-py connection keyword arguments (django-redis's CONNECTION_POOL_KWARGS): those we have
+# an option for become that option; a few are safe to hand to every connection as they are;
+# the rest would break what shardcache relies on, and a check names why.
+_POOL_KWARGS_AS = {
+    "max_connections": "MAX_CONNECTIONS",
+    "socket_timeout": "SOCKET_TIMEOUT",
+    "socket_connect_timeout": "CONNECT_TIMEOUT",
+    "username": "USERNAME",
+    "password": "PASSWORD",
+    "db": "DB",
+    "ssl_ca_certs": "SSL_CA_CERTS",
+    "ssl_certfile": "SSL_CERTFILE",
+    "ssl_keyfile": "SSL_KEYFILE",
+    "ssl_cert_reqs": "SSL_CERT_REQS",
+}
+POOL_KWARGS_PASSED = frozenset(
+    {"socket_keepalive", "socket_keepalive_options", "client_name", "socket_read_size"}
+)
+_RETRIES = "shardcache's one retry rule decides what is retried"
+_POOL_KWARGS_REFUSED = {
+    "decode_responses": "values are bytes that the codec decodes",
+    "encoding": "values are bytes that the codec decodes",
+    "encoding_errors": "values are bytes that the codec decodes",
+    "retry": _RETRIES,
+    "retry_on_timeout": _RETRIES,
+    "retry_on_error": _RETRIES,
+    "protocol": "shardcache speaks RESP2 to every server",
+    "health_check_interval": "a pooled connection that fails is replaced on the spot",
+    "connection_class": "give the topology a connection_factory instead",
+    "host": "the servers come from LOCATION",
+    "port": "the servers come from LOCATION",
+    "path": "the servers come from LOCATION",
 }
 
 
@@ -188,17 +223,13 @@ def read_settings(
             found.append((1, f"OPTIONS[{name!r}] is django-redis's: {_REPLACED[own]}"))
         elif own not in OPTIONS[kind]:
             unknown.append(name)
-        elif own in _TYPED:
-            convert, expected = _TYPED[own]
-            try:
-                typed[own] = convert(value)
-            except (TypeError, ValueError):
-                found.append((1, f"OPTIONS[{name!r}] must be {expected}, not {value!r}"))
         else:
-            typed[own] = value
+            _put(typed, found, own, value, f"OPTIONS[{name!r}]")
     if unknown:
         allowed = ", ".join(sorted(OPTIONS[kind]))
         found.append((1, f"unknown OPTIONS {sorted(unknown)}; this backend takes {allowed}"))
+    if "CONNECTION_POOL_KWARGS" in typed:
+        _read_pool_kwargs(kind, typed, found)
     servers = parse_location(location)
     if not servers:
         found.append((2, "LOCATION is empty: give the servers' addresses"))
@@ -233,6 +264,53 @@ def read_settings(
         except ConfigurationError as exc:
             found.append((5, f"OPTIONS[{name!r}]: {exc}"))
     return Settings(kind, tuple(servers), MappingProxyType(typed)), found
+
+
+def _put(
+    typed: dict[str, Any], found: list[tuple[int, str]], own: str, value: Any, label: str
+) -> None:
+    """``typed[own] = value``, converted to its type, or a check message naming ``label``."""
+    if own not in _TYPED:
+        typed[own] = value
+        return
+    convert, expected = _TYPED[own]
+    try:
+        typed[own] = convert(value)
+    except (TypeError, ValueError):
+        found.append((1, f"{label} must be {expected}, not {value!r}"))
+
+
+def _read_pool_kwargs(kind: str, typed: dict[str, Any], found: list[tuple[int, str]]) -> None:
+    """Fold ``CONNECTION_POOL_KWARGS`` into ``typed``: our options for what we name, the
+    safe rest kept for the connections, and a check message for anything else."""
+    given = typed.pop("CONNECTION_POOL_KWARGS")
+    where = "OPTIONS['CONNECTION_POOL_KWARGS']"
+    if not isinstance(given, Mapping):
+        found.append((1, f"{where} must be a dict of redis-py connection arguments"))
+        return
+    passed: dict[str, Any] = {}
+    for name, value in given.items():
+        own = _POOL_KWARGS_AS.get(name)
+        if own is not None and own in OPTIONS[kind]:
+            if own in typed:
+                found.append((1, f"{where}[{name!r}] repeats OPTIONS[{own!r}]: give one"))
+                continue
+            _put(typed, found, own, value, f"{where}[{name!r}]")
+        elif name in POOL_KWARGS_PASSED:
+            passed[name] = value
+        elif name in _POOL_KWARGS_REFUSED:
+            found.append((1, f"{where}[{name!r}] is not used: {_POOL_KWARGS_REFUSED[name]}"))
+        else:
+            takes = sorted({*(n for n, o in _POOL_KWARGS_AS.items() if o in OPTIONS[kind])})
+            found.append(
+                (
+                    1,
+                    f"{where}[{name!r}] is not passed on; it takes "
+                    f"{', '.join(takes + sorted(POOL_KWARGS_PASSED))}",
+                )
+            )
+    if passed:
+        typed["CONNECTION_POOL_KWARGS"] = passed
 
 
 def problems(kind: str, location: Any, options: Mapping[str, Any]) -> list[tuple[int, str]]:
@@ -274,6 +352,7 @@ def build_topology(settings: Settings) -> Topology:
     }
     tls = {name.lower(): o[name] for name in _TLS if name in o}
     credentials: dict[str, Any] = {"username": o.get("USERNAME"), "password": o.get("PASSWORD")}
+    passed: dict[str, Any] = dict(o.get("CONNECTION_POOL_KWARGS", {}))
     if kind == "hashpool":
         return HashPool(
             servers,
@@ -282,6 +361,7 @@ def build_topology(settings: Settings) -> Topology:
             **timeouts,
             **credentials,
             **tls,
+            **passed,
         )
     if kind == "cluster":
         return Cluster(
@@ -292,6 +372,7 @@ def build_topology(settings: Settings) -> Topology:
             **timeouts,
             **credentials,
             **tls,
+            **passed,
         )
     if kind == "sentinel":
         return SentinelClient(
@@ -306,6 +387,7 @@ def build_topology(settings: Settings) -> Topology:
             read_from_replicas=o.get("READ_FROM_REPLICAS", False),
             **timeouts,
             **credentials,
+            **passed,
         )
     manager = StaticShardManager(
         _shard_states(servers, o),

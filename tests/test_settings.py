@@ -52,6 +52,7 @@ VALUES: dict[str, tuple[Any, Any]] = {
     "SSL_CERTFILE": ("/etc/ssl/client.pem", None),
     "SSL_KEYFILE": ("/etc/ssl/client.key", None),
     "SSL_CERT_REQS": ("required", None),
+    "CONNECTION_POOL_KWARGS": ({"socket_keepalive": True}, {"decode_responses": True}),
 }
 CASES = [(kind, name) for kind, names in OPTIONS.items() for name in sorted(names)]
 
@@ -87,6 +88,65 @@ def test_aliases_from_django_redis_are_understood(alias: str) -> None:
 def test_django_redis_options_get_a_message_naming_what_replaces_them() -> None:
     found = problems("hashpool", LOCATIONS["hashpool"], {"CLIENT_CLASS": "x.y.ShardClient"})
     assert "RedisClusterCache" in found[0][1]
+
+
+@pytest.mark.parametrize(
+    ("kwarg", "option", "value"),
+    [
+        ("max_connections", "MAX_CONNECTIONS", 8),
+        ("socket_timeout", "SOCKET_TIMEOUT", 2.0),
+        ("socket_connect_timeout", "CONNECT_TIMEOUT", 0.5),
+        ("username", "USERNAME", "app"),
+        ("password", "PASSWORD", "secret"),
+        ("ssl_ca_certs", "SSL_CA_CERTS", "/etc/ssl/ca.pem"),
+    ],
+)
+def test_redis_py_pool_kwargs_become_our_options(kwarg: str, option: str, value: Any) -> None:
+    settings, found = read_settings(
+        "hashpool", LOCATIONS["hashpool"], {"CONNECTION_POOL_KWARGS": {kwarg: value}}
+    )
+    assert found == []
+    assert settings.options == {option: value}
+
+
+def test_redis_py_pool_kwargs_are_checked_like_options() -> None:
+    def messages(kwargs: Any, **options: Any) -> str:
+        found = problems(
+            "hashpool", LOCATIONS["hashpool"], {"CONNECTION_POOL_KWARGS": kwargs, **options}
+        )
+        return " | ".join(message for _, message in found)
+
+    assert "must be a number of seconds > 0" in messages({"socket_timeout": "abc"})
+    assert "repeats OPTIONS['SOCKET_TIMEOUT']" in messages({"socket_timeout": 1}, SOCKET_TIMEOUT=2)
+    assert "codec decodes" in messages({"decode_responses": True})
+    assert "retry rule" in messages({"retry_on_timeout": True})
+    assert "RESP2" in messages({"protocol": 3})
+    assert "not passed on" in messages({"socket_flavour": "x"})
+    assert "must be a dict" in messages(["socket_keepalive"])
+    assert "'db'" in messages({"db": 1})  # a hash pool's database is in each server's URL
+    settings, found = read_settings(
+        "sentinel",
+        LOCATIONS["sentinel"],
+        {"MASTERS": ["b0"], "CONNECTION_POOL_KWARGS": {"db": 2, "client_name": "web"}},
+    )
+    assert found == []
+    assert settings.options["DB"] == 2
+    assert settings.options["CONNECTION_POOL_KWARGS"] == {"client_name": "web"}
+
+
+def test_passed_pool_kwargs_reach_the_connections(
+    clean_redis_pool_servers: StandaloneRedis,
+) -> None:
+    registry = Registry()
+    kwargs = {"client_name": "shardcache-web", "socket_keepalive": True}
+    cache = registry.cache(
+        "hashpool", clean_redis_pool_servers.urls, {"CONNECTION_POOL_KWARGS": kwargs}
+    )
+    cache.set_many({f"k{i}": i for i in range(30)})  # through each server's lean pool
+    for server in clean_redis_pool_servers.servers:
+        with server.client() as raw:
+            assert "shardcache-web" in [c["name"] for c in raw.client_list()]
+    registry.close()
 
 
 def test_a_bad_value_fails_the_checks_and_first_use_alike() -> None:

@@ -93,7 +93,8 @@ class SentinelClient:
     to serve. As a topology for `Cache`, keys are hashed over ``names`` with ``hash`` (one
     name: a single-shard topology). ``connection_factory(host, port)`` builds the connections
     to the masters (auth, TLS, timeouts), like the Go client's DialFunc; without it they are
-    redis-py connections with ``username``/``password`` and the timeouts given.
+    redis-py connections with ``username``/``password``, the timeouts given and any other
+    redis-py connection keyword arguments (``connection_options``, e.g. ``client_name``).
     """
 
     capabilities = REDIS_CAPABILITIES
@@ -117,6 +118,7 @@ class SentinelClient:
         watch: bool = True,
         failover_pause: float = 5.0,
         read_from_replicas: bool = False,
+        **connection_options: Any,
     ) -> None:
         # 1. parse (no I/O)
         if isinstance(names, str) or not names:
@@ -144,6 +146,7 @@ class SentinelClient:
             "db": db,
             "username": username,
             "password": password,
+            **connection_options,
         }
         self._select = make_selector(hash, self.names)
         self.read_from_replicas = read_from_replicas
