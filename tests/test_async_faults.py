@@ -11,7 +11,15 @@ from typing import Any
 
 import pytest
 
-from shardcache import Cache, Cluster, HashPool, SentinelClient, ShardUnavailableError, aio
+from shardcache import (
+    Cache,
+    Cluster,
+    HashPool,
+    SentinelClient,
+    ShardUnavailableError,
+    aio,
+    connections,
+)
 from shardcache.testing import RedisCluster, RedisSentinel, StandaloneRedis, wait_until
 
 
@@ -203,13 +211,10 @@ def test_a_connection_reset_mid_send_counts_as_sent_so_nothing_is_replayed(
     first = b"".join(redis.Connection().pack_command(*commands[0]))
     cut = len(first) + 3  # all of the first command, some of the second
 
-    send, asend = redis.Connection.send_packed_command, redis.asyncio.Connection.send_packed_command
+    asend = redis.asyncio.Connection.send_packed_command
 
-    def half_then_reset(self: Any, command: Any, check_health: bool = True) -> None:
-        data = b"".join(command) if isinstance(command, list) else command
-        if b"INCR" not in data:  # the handshake (HELLO, CLIENT SETINFO...) goes through
-            return send(self, command, check_health)
-        self._sock.sendall(data[:cut])
+    def half_then_reset(conn: Any, packed: list[bytes]) -> None:  # the sync write
+        conn._sock.sendall(b"".join(packed)[:cut])
         raise redis.ConnectionError("connection reset mid-send")
 
     async def ahalf_then_reset(self: Any, command: Any, check_health: bool = True) -> None:
@@ -220,7 +225,7 @@ def test_a_connection_reset_mid_send_counts_as_sent_so_nothing_is_replayed(
         await self._writer.drain()
         raise redis.ConnectionError("connection reset mid-send")
 
-    monkeypatch.setattr(redis.Connection, "send_packed_command", half_then_reset)
+    monkeypatch.setattr(connections, "send", half_then_reset)
     monkeypatch.setattr(redis.asyncio.Connection, "send_packed_command", ahalf_then_reset)
 
     async def begin_async() -> None:
@@ -238,3 +243,47 @@ def test_a_connection_reset_mid_send_counts_as_sent_so_nothing_is_replayed(
     monkeypatch.undo()
     assert int(shard.execute(b"GET", b"counter")) == 1  # the first one did run
     pool.close()
+
+
+@pytest.mark.parametrize("path", ["sync", "async"])
+def test_a_write_whose_reused_connection_dies_after_sending_is_not_replayed(
+    clean_redis_pool_servers: StandaloneRedis, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    # A pooled (reused) connection: a retry would be allowed for an idempotent command. The
+    # write goes out whole, then the connection dies: INCRBY must run once, not twice.
+    import redis
+    import redis.asyncio
+
+    cache = Cache(HashPool(clean_redis_pool_servers.urls[:1]))
+    shard = cache.topology.shards()[0]
+    asend = redis.asyncio.Connection.send_packed_command
+
+    def sent_then_reset(conn: Any, packed: list[bytes]) -> None:
+        conn._sock.sendall(b"".join(packed))
+        raise redis.ConnectionError("connection reset after the write")
+
+    async def asent_then_reset(self: Any, command: Any, check_health: bool = True) -> None:
+        data = b"".join(command) if isinstance(command, list) else command
+        if b"INCRBY" not in data:
+            return await asend(self, command, check_health)
+        self._writer.write(data)
+        await self._writer.drain()
+        raise redis.ConnectionError("connection reset after the write")
+
+    async def run_async() -> None:
+        await cache.aget("warm")  # leaves a pooled connection to reuse
+        with monkeypatch.context() as patched:
+            patched.setattr(redis.asyncio.Connection, "send_packed_command", asent_then_reset)
+            await cache.aincr("counter", 5, create=True)
+
+    def run_sync() -> None:
+        cache.get("warm")
+        with monkeypatch.context() as patched:
+            patched.setattr(connections, "send", sent_then_reset)
+            cache.incr("counter", 5, create=True)
+
+    with pytest.raises(ShardUnavailableError) as failed:
+        run_sync() if path == "sync" else asyncio.run(run_async())
+    assert failed.value.sent is True
+    assert int(shard.execute(b"GET", b"counter")) == 5  # ran once, never replayed
+    cache.close()
