@@ -27,6 +27,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ResponseError
 
+from shardcache.breaker import Breaker
 from shardcache.errors import ClosedError, CommandError, ShardUnavailableError
 from shardcache.lifecycle import end_watch, until_loop_ends
 from shardcache.protocols import RecoveringShard, Shard
@@ -38,6 +39,7 @@ from shardcache.wire import (
     pack,
     pack_many,
     read_many_async,
+    server_down,
 )
 
 __all__ = ["AsyncConnectionPool", "LoopPools", "execute", "fan_out", "pipeline", "pool_for"]
@@ -100,8 +102,10 @@ class AsyncConnectionPool:
         timeout: float,
         read_timeout: float | None,
         name: str,
+        breaker: Breaker | None = None,
     ) -> None:
         self._factory = factory
+        self.breaker = breaker or Breaker(name, 0.0)  # shared with the server's sync pool
         self._timeout = timeout
         self._read_timeout = read_timeout
         self._slots = asyncio.Semaphore(max_connections)
@@ -173,6 +177,9 @@ class AsyncConnectionPool:
         """One command, with the sync `RedisShard.execute`'s policy: an error reply raises
         `CommandError`; a socket error `ShardUnavailableError`, after one retry on a fresh
         connection for an ``idempotent`` command whose pooled connection had gone stale."""
+        breaker = self.breaker
+        if breaker.down_until:
+            breaker.check()
         conn = await self.acquire()
         reused = connected = conn.is_connected
         try:
@@ -183,12 +190,16 @@ class AsyncConnectionPool:
             reply = await conn.read_response()
         except ResponseError as exc:
             self.release(conn)
+            if breaker.down_until:
+                breaker.succeeded()
             raise CommandError(str(exc), shard=self.name, key=key, reply=exc) from exc
         except ASYNC_IO_ERRORS as exc:
             self.discard(conn)
             sent, again = after_failure(connected, reused, idempotent, exc)
             if again:
                 return await self.execute(args, key, False)
+            if server_down(connected, exc):
+                breaker.failed()
             raise ShardUnavailableError(
                 str(exc) or type(exc).__name__, shard=self.name, key=key, sent=sent
             ) from exc
@@ -196,6 +207,8 @@ class AsyncConnectionPool:
             self.discard(conn)  # cancelled mid-reply: the connection is out of step
             raise
         self.release(conn)
+        if breaker.down_until:
+            breaker.succeeded()
         return reply
 
     async def pipeline(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
@@ -208,8 +221,10 @@ class AsyncConnectionPool:
     ) -> redis.asyncio.connection.AbstractConnection:
         """Send ``commands`` in one write; `finish` reads their replies. Beginning on every
         shard before finishing any lets the shards work at once, without a task each."""
+        if self.breaker.down_until:
+            self.breaker.check()
         conn = await self.acquire()
-        connected = conn.is_connected
+        reused = connected = conn.is_connected
         try:
             if not connected:
                 await conn.connect()
@@ -217,7 +232,9 @@ class AsyncConnectionPool:
             await conn.send_packed_command(pack_many(conn, commands), check_health=False)
         except ASYNC_IO_ERRORS as exc:
             self.discard(conn)
-            sent, _ = after_failure(connected, connected, False, exc)
+            sent, _ = after_failure(connected, reused, False, exc)
+            if server_down(connected, exc):
+                self.breaker.failed()
             raise ShardUnavailableError(
                 str(exc) or type(exc).__name__, shard=self.name, sent=sent
             ) from exc
@@ -233,11 +250,15 @@ class AsyncConnectionPool:
             replies = await read_many_async(conn, count, self._read_timeout)
         except ASYNC_IO_ERRORS as exc:
             self.discard(conn)
+            if server_down(True, exc):  # a timeout: the server is paused or gone
+                self.breaker.failed()
             raise ShardUnavailableError(str(exc) or type(exc).__name__, shard=self.name) from exc
         except BaseException:
             self.discard(conn)  # cancelled mid-batch: the connection is out of step
             raise
         self.release(conn)
+        if self.breaker.down_until:
+            self.breaker.succeeded()
         for i, reply in enumerate(replies):
             if isinstance(reply, ResponseError):
                 replies[i] = CommandError(str(reply), shard=self.name, reply=reply)
@@ -279,6 +300,7 @@ class LoopPools:
                 timeout=leaf.pool_timeout,
                 read_timeout=settings[1].get("socket_timeout"),
                 name=leaf.id,
+                breaker=leaf.breaker,
             )
             self._watches[loop] = until_loop_ends(functools.partial(self._forget, loop))
         return pool

@@ -55,12 +55,15 @@ CODEC_OPTIONS = frozenset(
     | {"MAX_VALUE_SIZE"}
 )
 _REDIS = {"CONNECT_TIMEOUT", "SOCKET_TIMEOUT", "MAX_CONNECTIONS", "USERNAME", "PASSWORD"} | {
-    "CONNECTION_POOL_KWARGS"
+    "CONNECTION_POOL_KWARGS",
+    "RETRY_TIMEOUT",
 }
 _TLS = {"SSL_CA_CERTS", "SSL_CERTFILE", "SSL_KEYFILE", "SSL_CERT_REQS"}
 OPTIONS: dict[str, frozenset[str]] = {
     "hashpool": frozenset(CODEC_OPTIONS | _REDIS | _TLS | {"HASH"}),
-    "cluster": frozenset(CODEC_OPTIONS | _REDIS | _TLS | {"READ_FROM_REPLICAS", "MAX_ATTEMPTS"}),
+    "cluster": frozenset(
+        CODEC_OPTIONS | _REDIS | _TLS | {"READ_FROM_REPLICAS", "MAX_ATTEMPTS", "REDIRECT_BUDGET"}
+    ),
     "sentinel": frozenset(
         CODEC_OPTIONS
         | _REDIS
@@ -186,6 +189,7 @@ _TYPED: dict[str, tuple[Any, str]] = {
     "COMPRESS_THRESHOLD": (_number(int, 0), "an integer >= 0"),
     "MAX_VALUE_SIZE": (_number(int, 1), "an integer >= 1 (bytes)"),
     "MAX_ATTEMPTS": (_number(int, 1), "an integer >= 1"),
+    "REDIRECT_BUDGET": (_number(float, 0, above=True), "a number of seconds > 0"),
     "DB": (_number(int, 0), "an integer >= 0"),
     "FAILOVER_PAUSE": (_number(float, 0), "a number of seconds >= 0"),
     "RETRY_TIMEOUT": (_number(float, 0), "a number of seconds >= 0"),
@@ -350,6 +354,7 @@ def build_topology(settings: Settings) -> Topology:
         "connect_timeout": o.get("CONNECT_TIMEOUT", 1.0),
         "read_timeout": o.get("SOCKET_TIMEOUT", 3.0),
     }
+    breaker: dict[str, Any] = {"retry_timeout": o.get("RETRY_TIMEOUT", 1.0)}
     tls = {name.lower(): o[name] for name in _TLS if name in o}
     credentials: dict[str, Any] = {"username": o.get("USERNAME"), "password": o.get("PASSWORD")}
     passed: dict[str, Any] = dict(o.get("CONNECTION_POOL_KWARGS", {}))
@@ -359,6 +364,7 @@ def build_topology(settings: Settings) -> Topology:
             hash=o.get("HASH", "fnv1a_32"),
             max_connections_per_instance=o.get("MAX_CONNECTIONS", 64),
             **timeouts,
+            **breaker,
             **credentials,
             **tls,
             **passed,
@@ -367,7 +373,8 @@ def build_topology(settings: Settings) -> Topology:
         return Cluster(
             servers,
             read_from_replicas=o.get("READ_FROM_REPLICAS", False),
-            max_attempts=o.get("MAX_ATTEMPTS", 5),
+            max_attempts=o.get("MAX_ATTEMPTS", 32),
+            redirect_budget=o.get("REDIRECT_BUDGET", 1.0),
             max_connections_per_node=o.get("MAX_CONNECTIONS", 64),
             **timeouts,
             **credentials,
@@ -386,6 +393,7 @@ def build_topology(settings: Settings) -> Topology:
             failover_pause=o.get("FAILOVER_PAUSE", 5.0),
             read_from_replicas=o.get("READ_FROM_REPLICAS", False),
             **timeouts,
+            **breaker,
             **credentials,
             **passed,
         )

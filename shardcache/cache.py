@@ -47,6 +47,7 @@ KeyT = TypeVar("KeyT", bound=str | bytes)
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _SWAP_BUDGET = 30.0  # seconds a signed incr may spend losing compare-and-sets to other writers
 
+_WARN_EVERY = 10.0  # seconds between two logged failures of one shard (ignore_errors)
 _GLOB_SPECIAL = frozenset(b"*?[]\\")
 _SCAN_BATCH = 1000
 
@@ -97,6 +98,7 @@ class Cache:
             max_value_size=max_value_size,
         )
         self.ignore_errors = ignore_errors
+        self._quiet_until: dict[str, float] = {}  # shard -> when its failures are logged again
 
     def __repr__(self) -> str:
         return f"<Cache prefix={self.prefix!r} on {self.topology!r}>"
@@ -130,10 +132,18 @@ class Cache:
 
     def _unavailable(self, exc: ShardUnavailableError, fallback: T) -> T:
         """The failure policy, the one place it is applied: an unreachable shard raises, or
-        with ``ignore_errors`` is logged and gives ``fallback``."""
+        with ``ignore_errors`` gives ``fallback``, logged once per shard per period."""
         if not self.ignore_errors:
             raise exc
-        logger.warning("shardcache: %s; ignored (ignore_errors=True)", exc)
+        now = time.monotonic()
+        if now >= self._quiet_until.get(exc.shard, 0.0):
+            self._quiet_until[exc.shard] = now + _WARN_EVERY
+            logger.warning(
+                "shardcache: %s; ignored (ignore_errors=True), and so are this shard's "
+                "failures for the next %gs",
+                exc,
+                _WARN_EVERY,
+            )
         return fallback
 
     def _require(self, capability: str, what: str) -> None:

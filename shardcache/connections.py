@@ -20,6 +20,7 @@ import redis
 from redis.connection import AbstractConnection
 from redis.exceptions import ResponseError
 
+from shardcache.breaker import Breaker
 from shardcache.errors import ClosedError, CommandError, ShardError, ShardUnavailableError
 from shardcache.lifecycle import forget_after_fork
 from shardcache.protocols import LoopPools
@@ -32,6 +33,7 @@ from shardcache.wire import (
     read_many,
     read_one,
     send,
+    server_down,
 )
 
 __all__ = [
@@ -197,16 +199,20 @@ class Batch:
 
     def finish(self) -> list[Any]:
         """The replies in order; an error reply is a `CommandError` in its place."""
-        conn = self._conn
+        conn, shard = self._conn, self.shard
         try:
             replies = read_many(conn, self._count)
         except IO_ERRORS as exc:
-            self.shard.pool.discard(conn)
-            raise ShardUnavailableError(str(exc), shard=self.shard.id) from exc
+            shard.pool.discard(conn)
+            if server_down(True, exc):  # a timeout: the server is paused or gone
+                shard.breaker.failed()
+            raise ShardUnavailableError(str(exc), shard=shard.id) from exc
         except BaseException:
-            self.shard.pool.discard(conn)
+            shard.pool.discard(conn)
             raise
-        self.shard.pool.release(conn)
+        shard.pool.release(conn)
+        if shard.breaker.down_until:
+            shard.breaker.succeeded()
         for i, reply in enumerate(replies):
             if isinstance(reply, ResponseError):
                 replies[i] = CommandError(str(reply), shard=self.shard.id, reply=reply)
@@ -274,8 +280,11 @@ class RedisShard:
         pool_timeout: float = 5.0,
         factory: Callable[[], AbstractConnection] | None = None,
         readonly: bool = False,
+        retry_timeout: float = 1.0,
     ) -> None:
         self.id = shard_id
+        # Fail fast for ``retry_timeout`` seconds after the server proved unreachable.
+        self.breaker = Breaker(shard_id, retry_timeout)
         kwargs = dict(connection_kwargs)
         if readonly:
             kwargs["redis_connect_func"] = send_readonly
@@ -309,8 +318,12 @@ class RedisShard:
         A reply error raises `CommandError`; a socket error raises `ShardUnavailableError`,
         except that an ``idempotent`` command whose pooled connection turned out to be closed
         (server restarted, idle timeout) is retried once on a fresh connection. A timeout is
-        never retried, so a call never waits longer than the socket timeout.
+        never retried, so a call never waits longer than the socket timeout. While the
+        server is marked down (`Breaker`) the call fails at once.
         """
+        breaker = self.breaker
+        if breaker.down_until:
+            breaker.check()
         pool = self.pool
         conn = pool.acquire()
         reused = connected = is_open(conn)
@@ -322,23 +335,31 @@ class RedisShard:
             reply = read_one(conn)
         except ResponseError as exc:
             pool.release(conn)
+            if breaker.down_until:
+                breaker.succeeded()
             raise CommandError(str(exc), shard=self.id, key=key, reply=exc) from exc
         except IO_ERRORS as exc:
             pool.discard(conn)
             sent, again = after_failure(connected, reused, idempotent, exc)
             if again:
                 return self.execute(*args, key=key, idempotent=False)
+            if server_down(connected, exc):
+                breaker.failed()
             raise ShardUnavailableError(str(exc), shard=self.id, key=key, sent=sent) from exc
         except BaseException:
             pool.discard(conn)
             raise
         pool.release(conn)
+        if breaker.down_until:
+            breaker.succeeded()
         return reply
 
     def begin(self, commands: Sequence[Sequence[Any]]) -> Batch:
         """Send ``commands`` in one write; read their replies with `Batch.finish`."""
+        if self.breaker.down_until:
+            self.breaker.check()
         conn = self.pool.acquire()
-        connected = is_open(conn)
+        reused = connected = is_open(conn)
         try:
             if not connected:
                 conn.connect()
@@ -346,7 +367,9 @@ class RedisShard:
             send(conn, pack_many(conn, commands))
         except IO_ERRORS as exc:
             self.pool.discard(conn)
-            sent, _ = after_failure(connected, connected, False, exc)
+            sent, _ = after_failure(connected, reused, False, exc)
+            if server_down(connected, exc):
+                self.breaker.failed()
             raise ShardUnavailableError(str(exc), shard=self.id, sent=sent) from exc
         except BaseException:
             self.pool.discard(conn)

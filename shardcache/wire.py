@@ -53,6 +53,8 @@ __all__ = [
     "read_many_async",
     "read_one",
     "send",
+    "server_down",
+    "timed_out",
 ]
 
 # Every private attribute read from another project, for review (see the module docstring).
@@ -102,8 +104,19 @@ def after_failure(
     on a pooled connection that had gone stale, and never after a timeout (a call never
     waits more than its timeout).
     """
-    timed_out = isinstance(error, RedisTimeoutError | TimeoutError | asyncio.TimeoutError)
-    return connected, idempotent and reused and not timed_out
+    return connected, idempotent and reused and not timed_out(error)
+
+
+def timed_out(error: BaseException) -> bool:
+    return isinstance(error, RedisTimeoutError | TimeoutError | asyncio.TimeoutError)
+
+
+def server_down(connected: bool, error: BaseException) -> bool:
+    """Whether a socket failure shows the server itself is unreachable now (for the circuit
+    breaker): no connection could be made, or a call timed out. A connection that was made
+    and then reset shows no more than that connection's end (a pooled one gone stale when
+    the server restarted or closed it as idle): the next fresh connection will tell."""
+    return not connected or timed_out(error)
 
 
 def is_open(conn: Any) -> bool:

@@ -31,6 +31,7 @@ VALUES: dict[str, tuple[Any, Any]] = {
     "COMPRESS_THRESHOLD": (100, -1),
     "MAX_VALUE_SIZE": (1000, "big"),
     "MAX_ATTEMPTS": (3, 0),
+    "REDIRECT_BUDGET": (0.5, 0),
     "DB": (1, -1),
     "FAILOVER_PAUSE": (1.5, "soon"),
     "RETRY_TIMEOUT": (1, -2),

@@ -319,8 +319,19 @@ class ServerProcess:
         """SIGKILL the process, as a crash would, and wait until it is gone."""
         self._signal_and_wait(signal.SIGKILL, timeout=10)
 
+    def pause(self) -> None:
+        """SIGSTOP the process: it keeps its sockets and answers nothing (a hung server)."""
+        if self.pid is not None:
+            os.kill(self.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT a paused process."""
+        if self.pid is not None:
+            os.kill(self.pid, signal.SIGCONT)
+
     def stop(self, timeout: float = 5.0) -> None:
         """SIGTERM, then SIGKILL after ``timeout`` seconds; idempotent."""
+        self.resume()  # a paused process would not act on SIGTERM
         if not self._signal_and_wait(signal.SIGTERM, timeout=timeout):
             self._signal_and_wait(signal.SIGKILL, timeout=10)
         _REAPER.forget(self)

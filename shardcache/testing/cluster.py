@@ -8,6 +8,7 @@ per step, so six nodes are ready in about two seconds.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -344,14 +345,24 @@ class SlotMigration:
                 moved += len(keys)
         return moved
 
-    def finish(self, timeout: float = 30.0) -> None:
-        """Move the remaining keys, assign the slot to ``target`` everywhere, and wait."""
+    def finish(
+        self, timeout: float = 30.0, *, source_first: bool = False, gap: float = 0.0
+    ) -> None:
+        """Move the remaining keys, assign the slot to ``target`` everywhere, and wait.
+
+        The target is told first (it bumps its epoch), then the source, then every other
+        master, as redis-cli does. ``source_first`` tells the source first instead, as a
+        hand-written script or a reshard that crashed half way does: for ``gap`` seconds
+        the source answers MOVED to the target and the target MOVED back to the source.
+        """
         self.move_keys()
-        # The target first (it bumps its epoch), then the source, then every other master.
         others = [m for m in self.cluster.masters if m not in (self.source, self.target)]
-        for node in [self.target, self.source, *others]:
+        order = [self.source, self.target] if source_first else [self.target, self.source]
+        for i, node in enumerate([*order, *others]):
             with node.client() as conn:
                 conn.execute_command("CLUSTER", "SETSLOT", self.slot, "NODE", self.target_id)
+            if i == 0 and gap:
+                time.sleep(gap)
 
         def everyone_agrees() -> bool:
             for node in self.cluster.nodes:

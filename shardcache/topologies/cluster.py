@@ -83,7 +83,8 @@ class Cluster:
     ``startup_nodes`` are ``host:port`` strings, ``(host, port)`` pairs or redis URLs (their
     credentials and TLS apply to every node). With ``read_from_replicas=True`` the cache's
     reads go to a replica of the key's slot (they may be slightly stale). Every command
-    follows MOVED, ASK and TRYAGAIN for at most ``max_attempts`` attempts.
+    follows MOVED, ASK, TRYAGAIN and CLUSTERDOWN for up to ``redirect_budget`` seconds
+    (at most ``max_attempts`` attempts), then raises `RedirectsExhaustedError`.
     """
 
     capabilities = REDIS_CAPABILITIES
@@ -94,10 +95,12 @@ class Cluster:
         startup_nodes: Sequence[str | tuple[str, int]],
         *,
         read_from_replicas: bool = False,
-        max_attempts: int = 5,
+        max_attempts: int = 32,
+        redirect_budget: float = 1.0,
         connect_timeout: float = 1.0,
         read_timeout: float = 3.0,
-        write_timeout: float = 3.0,
+        write_timeout: float | None = None,
+        retry_timeout: float = 1.0,
         max_connections_per_node: int = 64,
         pool_timeout: float | None = None,
         username: str | None = None,
@@ -115,7 +118,9 @@ class Cluster:
         first = addresses[0]
         self._template = first.connection_kwargs(
             socket_connect_timeout=connect_timeout,
-            socket_timeout=max(read_timeout, write_timeout),
+            socket_timeout=read_timeout
+            if write_timeout is None
+            else max(read_timeout, write_timeout),
             retry=Retry(NoBackoff(), 0),
             **connection_options,
         )
@@ -124,11 +129,15 @@ class Cluster:
         if password is not None:
             self._template["password"] = password
         self._template["db"] = 0  # a cluster has only database 0
+        self._tls = issubclass(
+            self._template.get("connection_class", redis.Connection), redis.SSLConnection
+        )
         self._startup = [f"{a.host}:{a.port}" for a in addresses]
         self._max_connections = max_connections_per_node
         self._pool_timeout = connect_timeout if pool_timeout is None else pool_timeout
+        self._retry_timeout = retry_timeout
         self.read_from_replicas = read_from_replicas
-        self.policy = RedirectPolicy(max_attempts)
+        self.policy = RedirectPolicy(max_attempts, budget=redirect_budget)
         self._nodes: dict[tuple[str, bool], ClusterNode] = {}
         self._nodes_lock = threading.Lock()
         self._refresh_lock = threading.Lock()
@@ -171,6 +180,7 @@ class Cluster:
                     max_connections=self._max_connections,
                     pool_timeout=self._pool_timeout,
                     readonly=readonly,
+                    retry_timeout=self._retry_timeout,
                 )
                 found = self._nodes[(address, readonly)] = ClusterNode(self, shard)
             return found
@@ -209,20 +219,10 @@ class Cluster:
         except CommandError:
             shards = None
         if shards is not None:
-            for shard in shards:
-                fields = _pairs(shard)
-                owner, found = None, []
-                for member in fields[b"nodes"]:
-                    info = _pairs(member)
-                    host = (info.get(b"ip") or info.get(b"endpoint") or b"").decode()
-                    address = f"{host or node.shard.id.rpartition(':')[0]}:{info[b'port']}"
-                    if info.get(b"role") == b"master":
-                        owner = address
-                    elif info.get(b"health") == b"online":
-                        found.append(address)
-                ranges, copies = fields[b"slots"], tuple(found)
-                for low, high in zip(ranges[::2], ranges[1::2], strict=True):
-                    for number in range(int(low), int(high) + 1):
+            default_host = node.shard.id.rpartition(":")[0]
+            for owner, copies, ranges in parse_shards(shards, self._tls, default_host):
+                for low, high in ranges:
+                    for number in range(low, high + 1):
                         masters[number] = owner
                         replicas[number] = copies
         else:
@@ -338,13 +338,16 @@ class Cluster:
         first_error: BaseException | None = None,
     ) -> Any:
         """Run one command on the node serving ``key``'s slot, following MOVED / ASK /
-        TRYAGAIN and re-reading the slot map when a node is unreachable, for at most
-        ``max_attempts`` attempts (`RedirectsExhaustedError` after that)."""
+        TRYAGAIN / CLUSTERDOWN and re-reading the slot map when a node is unreachable or
+        two nodes bounce the slot, for up to the policy's time budget
+        (`RedirectsExhaustedError` after that)."""
         number = self.slot(key)
         target = node or self._route(number, read)
         asking = False
-        attempt = 0
+        attempt = moves = 0
         error = first_error
+        started = 0.0  # the clock starts at the first failure: nothing to pay on success
+        policy = self.policy
         while True:
             if error is None:
                 try:
@@ -353,13 +356,18 @@ class Cluster:
                     return target.shard.execute(*args, key=key, idempotent=idempotent)
                 except (CommandError, ShardUnavailableError) as exc:
                     error = exc
-            decision = self.policy.decide(error, attempt, idempotent=idempotent or read)
+            now = time.monotonic()
+            started = started or now
+            decision = policy.decide(
+                error, attempt, idempotent=idempotent or read, elapsed=now - started, moves=moves
+            )
             if decision.action == "raise":
-                if attempt + 1 >= self.policy.max_attempts and (
-                    isinstance(error, ShardUnavailableError) or self.policy.follows(error)
+                if attempt > 0 and (
+                    isinstance(error, ShardUnavailableError) or policy.follows(error)
                 ):
                     raise RedirectsExhaustedError(
-                        f"gave up after {attempt + 1} attempts, last: {error}",
+                        f"gave up after {attempt + 1} attempts in {now - started:.2f}s "
+                        f"(budget {policy.budget:g}s), last: {error}",
                         shard=target.id,
                         key=key,
                     ) from error
@@ -370,6 +378,7 @@ class Cluster:
                 assert decision.redirect is not None
                 self._learn(decision.redirect)
                 target, asking = self.node(decision.redirect.address), False
+                moves += 1
             elif decision.action == "ask":
                 assert decision.redirect is not None
                 target, asking = self.node(decision.redirect.address), True
@@ -377,6 +386,8 @@ class Cluster:
                 with contextlib.suppress(ShardUnavailableError):
                     self.refresh()  # if no node answers yet, the next attempt says so
                 target, asking = self._route(number, read), False
+                if decision.redirect is not None:
+                    moves += 1
             attempt += 1
             error = None
 
@@ -431,6 +442,42 @@ def _pairs(flat: Any) -> dict[bytes, Any]:
     if isinstance(flat, dict):
         return {k if isinstance(k, bytes) else str(k).encode(): v for k, v in flat.items()}
     return {flat[i]: flat[i + 1] for i in range(0, len(flat), 2)}
+
+
+def parse_shards(
+    shards: Any, tls: bool, default_host: str
+) -> list[tuple[str | None, tuple[str, ...], list[tuple[int, int]]]]:
+    """A CLUSTER SHARDS reply as ``(owner, online replicas, slot ranges)`` per shard.
+
+    Each node lists a plaintext ``port`` and a ``tls-port`` apart (only those it listens
+    on): the TLS one is dialled when ``tls``, the other otherwise, whichever exists else.
+    During a failover a shard may list the failed master beside the new one, so the owner
+    is an online master when there is one.
+    """
+    ports = (b"tls-port", b"port") if tls else (b"port", b"tls-port")
+    parsed = []
+    for shard in shards:
+        fields = _pairs(shard)
+        owner: str | None = None
+        owner_online = False
+        found = []
+        for member in fields[b"nodes"]:
+            info = _pairs(member)
+            port = next((info[name] for name in ports if info.get(name)), None)
+            if port is None:
+                continue
+            host = (info.get(b"ip") or info.get(b"endpoint") or b"").decode()
+            address = f"{host or default_host}:{int(port)}"
+            online = info.get(b"health") == b"online"
+            if info.get(b"role") == b"master":
+                if owner is None or (online and not owner_online):
+                    owner, owner_online = address, online
+            elif online:
+                found.append(address)
+        ranges = fields[b"slots"]
+        pairs = [(int(low), int(high)) for low, high in zip(ranges[::2], ranges[1::2], strict=True)]
+        parsed.append((owner, tuple(found), pairs))
+    return parsed
 
 
 class ClusterNode:

@@ -37,7 +37,9 @@ class HashPool:
     ``"fnv1_32"``, ``"murmur3_32"``, ``"crc32"``, ``"ketama"``, ``"rendezvous"`` or a function
     ``f(bytes) -> int``.
 
-    A socket has one timeout, so reads and writes share ``max(read_timeout, write_timeout)``.
+    A socket has one timeout: ``read_timeout`` bounds reads and writes alike, unless a
+    longer ``write_timeout`` is given. A server whose call failed at the socket level is
+    skipped for ``retry_timeout`` seconds (calls to it fail at once, `shardcache.breaker`).
     """
 
     capabilities = REDIS_CAPABILITIES
@@ -49,7 +51,8 @@ class HashPool:
         *,
         connect_timeout: float = 1.0,
         read_timeout: float = 3.0,
-        write_timeout: float = 3.0,
+        write_timeout: float | None = None,
+        retry_timeout: float = 1.0,
         max_connections_per_instance: int = 64,
         hash: str | HashFunction | Selector = "fnv1a_32",
         pool_timeout: float | None = None,
@@ -65,7 +68,11 @@ class HashPool:
             raise ConfigurationError(f"HashPool has the same server twice: {ids}")
         options: dict[str, Any] = {
             "socket_connect_timeout": connect_timeout,
-            "socket_timeout": max(read_timeout, write_timeout),
+            # One socket timeout bounds reads and writes alike: the read timeout, unless a
+            # longer write timeout is given (a paused server stalls a call that long).
+            "socket_timeout": read_timeout
+            if write_timeout is None
+            else max(read_timeout, write_timeout),
             "retry": Retry(NoBackoff(), 0),  # failures are ours to handle, at once
             **connection_options,
         }
@@ -82,6 +89,7 @@ class HashPool:
                     kwargs,
                     max_connections=max_connections_per_instance,
                     pool_timeout=connect_timeout if pool_timeout is None else pool_timeout,
+                    retry_timeout=retry_timeout,
                 )
             )
         self._select = make_selector(hash, ids)

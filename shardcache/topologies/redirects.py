@@ -115,37 +115,66 @@ class Decision:
 
 
 class RedirectPolicy:
-    """Decides, after attempt number ``attempt`` (0-based) failed with ``err``, what to do.
+    """Decides, after attempt number ``attempt`` (0-based) failed with ``err``, ``elapsed``
+    seconds after the first failure, what to do.
 
-    MOVED and ASK are followed at once; TRYAGAIN and CLUSTERDOWN wait (a little longer each
-    time) and retry; an unreachable node triggers a slot-map refresh when retrying is safe
-    (the command never reached the node, or it is a read); anything else is the caller's.
-    Nothing is retried past ``max_attempts`` attempts.
+    Redirects are followed within a time ``budget`` (seconds), not a count: a slot that
+    moves, a node that restarts, a cluster that is briefly down all take milliseconds to a
+    second to settle, however many attempts that is. MOVED and ASK are followed at once,
+    except that a slot MOVED more than once in one call (two nodes bouncing it between
+    them, as when a reshard's SETSLOT reached the source before the target) waits a little
+    longer each time and re-reads the slot map. TRYAGAIN and CLUSTERDOWN wait and retry; an
+    unreachable node triggers a slot-map refresh when retrying is safe (the command never
+    reached the node, or it is a read); anything else is the caller's. ``max_attempts``
+    caps the attempts within the budget.
     """
 
     def __init__(
-        self, max_attempts: int = 5, retry_delay: float = 0.02, down_delay: float = 0.1
+        self,
+        max_attempts: int = 32,
+        retry_delay: float = 0.02,
+        down_delay: float = 0.1,
+        *,
+        budget: float = 1.0,
+        bounce_delay: float = 0.005,
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
+        if budget <= 0:
+            raise ValueError("the redirect budget must be positive seconds")
         self.max_attempts = max_attempts
         self.retry_delay = retry_delay
         self.down_delay = down_delay
+        self.budget = budget
+        self.bounce_delay = bounce_delay
 
-    def decide(self, err: BaseException, attempt: int, *, idempotent: bool) -> Decision:
-        if attempt + 1 >= self.max_attempts:
+    def decide(
+        self,
+        err: BaseException,
+        attempt: int,
+        *,
+        idempotent: bool,
+        elapsed: float = 0.0,
+        moves: int = 0,
+    ) -> Decision:
+        """``moves``: how many MOVED this call has followed already."""
+        left = self.budget - elapsed
+        if attempt + 1 >= self.max_attempts or left <= 0:
             return Decision("raise")
         if isinstance(err, ShardUnavailableError):
             if idempotent or not err.sent:
-                return Decision("refresh", delay=self.down_delay * (attempt + 1))
+                return Decision("refresh", delay=min(self.down_delay * (attempt + 1), left))
             return Decision("raise")
         redirect = parse_redirect(err)
         if redirect is not None:
+            if redirect.kind == "MOVED" and moves >= 1:  # bounced: let the nodes agree
+                delay = min(self.bounce_delay * 2 ** (moves - 1), 0.1, left)
+                return Decision("refresh", redirect, delay)
             return Decision("moved" if redirect.kind == "MOVED" else "ask", redirect)
         if is_tryagain(err):
-            return Decision("retry", delay=self.retry_delay * (attempt + 1))
+            return Decision("retry", delay=min(self.retry_delay * (attempt + 1), left))
         if is_cluster_down(err):
-            return Decision("refresh", delay=self.down_delay * (attempt + 1))
+            return Decision("refresh", delay=min(self.down_delay * (attempt + 1), left))
         return Decision("raise")
 
     def follows(self, err: BaseException) -> bool:

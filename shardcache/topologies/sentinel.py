@@ -118,6 +118,7 @@ class SentinelClient:
         watch: bool = True,
         failover_pause: float = 5.0,
         read_from_replicas: bool = False,
+        retry_timeout: float = 1.0,
         **connection_options: Any,
     ) -> None:
         # 1. parse (no I/O)
@@ -138,6 +139,7 @@ class SentinelClient:
         self.names = list(names)
         self._pool_size = pool_size
         self._pool_timeout = connect_timeout
+        self._retry_timeout = retry_timeout
         self._factory = connection_factory
         self._kwargs: dict[str, Any] = {
             "socket_connect_timeout": connect_timeout,
@@ -272,6 +274,7 @@ class SentinelClient:
             max_connections=self._pool_size,
             pool_timeout=self._pool_timeout,
             factory=factory,
+            retry_timeout=self._retry_timeout,
         )
 
     def _switch(

@@ -1,0 +1,76 @@
+"""A circuit breaker per Redis server: fail fast while a server is known to be down.
+
+A server whose call failed at the socket level (refused, reset, timed out) is marked down
+for ``retry_timeout`` seconds. Meanwhile every call to it fails at once with
+`ShardUnavailableError` (``sent=False``: nothing was written), instead of each caller
+waiting for its own connect or read timeout; ``ignore_errors`` turns that into a miss. When
+the time is up, one caller is let through as a probe: its success closes the breaker, its
+failure opens it for another period. Other servers are never affected. Memcache has the
+same rule in its shard manager (DESIGN.md section 3).
+
+The hot path pays one attribute read while the breaker is closed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from shardcache.errors import ShardUnavailableError
+
+__all__ = ["Breaker"]
+
+logger = logging.getLogger("shardcache.breaker")
+
+
+class Breaker:
+    """The down/up state of one server (``name`` in errors and logs)."""
+
+    __slots__ = ("_probing", "down_until", "name", "retry_timeout", "trips")
+
+    def __init__(self, name: str, retry_timeout: float) -> None:
+        self.name = name
+        self.retry_timeout = retry_timeout
+        self.down_until = 0.0  # 0.0: closed (calls go through)
+        self._probing = False
+        self.trips = 0
+
+    @property
+    def is_open(self) -> bool:
+        """Whether calls to the server fail fast now."""
+        return bool(self.down_until) and (self._probing or time.monotonic() < self.down_until)
+
+    def check(self) -> None:
+        """Called before a call when ``down_until`` is set: raise while the server is down,
+        or let this caller through as the one probe."""
+        if not self.down_until:
+            return
+        if not self._probing and time.monotonic() >= self.down_until:
+            self._probing = True  # under the GIL one caller wins; a lost race probes twice
+            return
+        raise ShardUnavailableError(
+            f"marked down after a failure, for {self.retry_timeout:g}s (circuit breaker)",
+            shard=self.name,
+            sent=False,
+        )
+
+    def failed(self) -> None:
+        """A call failed at the socket level: open the breaker (again)."""
+        if self.retry_timeout <= 0:
+            return
+        if not self.down_until or self._probing:
+            self.trips += 1
+            logger.warning(
+                "shardcache: %s marked down for %gs after a connection failure",
+                self.name,
+                self.retry_timeout,
+            )
+        self.down_until = time.monotonic() + self.retry_timeout
+        self._probing = False
+
+    def succeeded(self) -> None:
+        """A call went through: close the breaker."""
+        if self.down_until:
+            logger.warning("shardcache: %s is back", self.name)
+        self.down_until = 0.0
+        self._probing = False
