@@ -67,6 +67,7 @@ OPTIONS: dict[str, frozenset[str]] = {
     "sentinel": frozenset(
         CODEC_OPTIONS
         | _REDIS
+        | _TLS
         | {"MASTERS", "HASH", "DB", "SENTINEL_USERNAME", "SENTINEL_PASSWORD", "FAILOVER_PAUSE"}
         | {"READ_FROM_REPLICAS"}
     ),
@@ -392,9 +393,11 @@ def build_topology(settings: Settings) -> Topology:
             sentinel_password=o.get("SENTINEL_PASSWORD"),
             failover_pause=o.get("FAILOVER_PAUSE", 5.0),
             read_from_replicas=o.get("READ_FROM_REPLICAS", False),
+            ssl=bool(tls),
             **timeouts,
             **breaker,
             **credentials,
+            **tls,
             **passed,
         )
     manager = StaticShardManager(

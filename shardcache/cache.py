@@ -264,9 +264,9 @@ class Cache:
             raise OutOfRangeError(f"delta {delta} is outside the servers' 64-bit counters")
         if self.codec.signed:
             return (yield from self._incr_signed(key, k, delta, create))
-        shard = self.topology.shard_for(k)
         result: Any
         try:
+            shard = self.topology.shard_for(k)
             if create:
                 result = yield Exec(shard, self.dialect.incrby(k, delta), k, False)
             else:
@@ -289,10 +289,10 @@ class Cache:
     def _incr_signed(self, key: Key, k: bytes, delta: int, create: bool) -> Steps[int]:
         # The server cannot sign, so it cannot add: read and check the signed counter, then
         # swap in the new one only if nobody changed it meanwhile (else read again).
-        shard = self.topology.shard_for(k)
         deadline = time.monotonic() + _SWAP_BUDGET
         absent = 0
         try:
+            shard = self.topology.shard_for(k)
             while True:
                 raw = yield Exec(shard, self.dialect.get(k), k, True)
                 value = MISSING
@@ -427,7 +427,10 @@ class Cache:
         originals, made = self._keys(keys)
         if not made:
             return {}
-        groups = self.topology.group(made, read=True)
+        try:
+            groups = self.topology.group(made, read=True)
+        except ShardUnavailableError as exc:  # e.g. no slot map yet (`shardcache.deferred`)
+            return self._unavailable(exc, {})
         mget = self.dialect.mget
         commands = {shard: [mget(run) for run in runs] for shard, runs in groups.items()}
         found: dict[bytes, bytes] = {}
@@ -464,7 +467,10 @@ class Cache:
         original_of = dict(zip(made, originals, strict=True))
         encode = self.codec.encode
         encoded = {k: encode(mapping[o], k) for k, o in original_of.items()}
-        groups = self.topology.group(made)
+        try:
+            groups = self.topology.group(made)
+        except ShardUnavailableError as exc:
+            return self._unavailable(exc, list(originals))
         px = None if ttl is None else self._px(ttl)
         set_ = self.dialect.set
         commands = {
@@ -497,7 +503,10 @@ class Cache:
         _, made = self._keys(keys)
         if not made:
             return 0
-        groups = self.topology.group(made)
+        try:
+            groups = self.topology.group(made)
+        except ShardUnavailableError as exc:
+            return self._unavailable(exc, 0)
         delete = self.dialect.delete
         commands = {shard: [delete(run) for run in runs] for shard, runs in groups.items()}
         deleted = 0
@@ -524,22 +533,27 @@ class Cache:
         return await self._async(self._clear(flush))
 
     def _clear(self, flush: bool) -> Steps[int]:
-        if flush or not self.prefix:
-            if not flush:
-                raise ConfigurationError(
-                    "this cache has no prefix: clear() would empty every shard's database; "
-                    "call clear(flush=True) to do that"
-                )
-            for shard in self.topology.shards():
+        if not flush and not self.prefix:
+            raise ConfigurationError(
+                "this cache has no prefix: clear() would empty every shard's database; "
+                "call clear(flush=True) to do that"
+            )
+        if not flush:
+            self._require(SCAN, "clear() of one prefix (call clear(flush=True) to empty them)")
+        try:
+            shards = self.topology.shards()
+        except ShardUnavailableError as exc:
+            return self._unavailable(exc, 0)
+        if flush:
+            for shard in shards:
                 try:
                     yield Exec(shard, self.dialect.flush(), None, False)
                 except ShardUnavailableError as exc:
                     self._unavailable(exc, None)
             return 0
-        self._require(SCAN, "clear() of one prefix (call clear(flush=True) to empty the servers)")
         pattern = _glob_escape(self.prefix) + b"*"
         removed = 0
-        for shard in self.topology.shards():
+        for shard in shards:
             cursor: Any = b"0"
             try:
                 while True:

@@ -20,16 +20,24 @@ asyncio connections included, and closes them.
 from __future__ import annotations
 
 import atexit
+import functools
+import logging
 import threading
 from collections.abc import Hashable, Mapping
 from typing import Any
 
 from shardcache.backends import CODEC_OPTIONS, Settings, build_cache, build_topology, settings_of
 from shardcache.cache import Cache
+from shardcache.config import mask_url
+from shardcache.deferred import Deferred
+from shardcache.dialects import REDIS
+from shardcache.errors import ShardError
 from shardcache.lifecycle import forget_after_fork
-from shardcache.protocols import Topology
+from shardcache.protocols import REDIS_CAPABILITIES, Topology
 
 __all__ = ["Registry", "registry"]
+
+logger = logging.getLogger("shardcache.registry")
 
 
 _PLAIN = frozenset({str, int, float, bool, bytes, type(None)})
@@ -77,7 +85,7 @@ class Registry:
         key = (settings.kind, settings.servers, _frozen(wire))
         found = self._topologies.get(key)
         if found is None or found.closed:
-            found = self._topologies[key] = build_topology(settings)
+            found = self._topologies[key] = _build(settings)
             self._kept[key] = settings
         return found
 
@@ -115,6 +123,28 @@ class Registry:
             self._kept.clear()
         for topology in topologies:
             topology.close()
+
+
+def _build(settings: Settings) -> Topology:
+    """`build_topology`; with ``IGNORE_ERRORS``, servers that cannot be reached now (a
+    cluster's slot map, a sentinel's masters) give a `Deferred` topology, whose calls miss
+    until they can, instead of an error from the backend."""
+    try:
+        return build_topology(settings)
+    except ShardError as exc:
+        if not settings.options.get("IGNORE_ERRORS"):
+            raise
+        logger.warning(
+            "shardcache: %s not reachable at first use (%s); calls miss", settings.kind, exc
+        )
+        return Deferred(
+            functools.partial(build_topology, settings),
+            exc,
+            capabilities=REDIS_CAPABILITIES,
+            dialect=REDIS,
+            retry_timeout=settings.options.get("RETRY_TIMEOUT", 1.0),
+            name=f"{settings.kind} {', '.join(mask_url(s) for s in settings.servers)}",
+        )
 
 
 registry = Registry()

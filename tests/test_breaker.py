@@ -9,10 +9,14 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from django.test import override_settings
 
-from shardcache import Cache, ShardUnavailableError
+from shardcache import Cache, HashPool, MissingKeyError, ShardUnavailableError
 from shardcache.breaker import Breaker
 from shardcache.connections import RedisShard
+from shardcache.deferred import Deferred
+from shardcache.dialects import REDIS
+from shardcache.protocols import REDIS_CAPABILITIES
 from shardcache.registry import Registry
 from shardcache.testing import StandaloneRedis, wait_until
 from shardcache.testing.servers import RedisServer
@@ -169,3 +173,105 @@ def test_a_call_on_a_paused_server_bounds_async_calls_too(
         assert sick.breaker.is_open  # type: ignore[attr-defined]
     finally:
         server.resume()
+
+
+# --- servers down at first use: ignore_errors means misses on every topology and adapter ---
+
+DOWN = {
+    "hashpool": ("shardcache_django.cache.ShardedRedisCache", ["redis://127.0.0.1:1"], {}),
+    "cluster": ("shardcache_django.cache.RedisClusterCache", ["127.0.0.1:1"], {}),
+    "sentinel": (
+        "shardcache_django.cache.RedisSentinelCache",
+        ["127.0.0.1:1"],
+        {"MASTERS": ["bucket0"]},
+    ),
+    "memcache": ("shardcache_django.cache.ShardedMemcacheCache", ["127.0.0.1:1"], {}),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(DOWN))
+def test_servers_down_at_first_use_give_misses_with_ignore_errors(
+    kind: str, registry: Registry
+) -> None:
+    _, location, options = DOWN[kind]
+    lenient = {**options, "IGNORE_ERRORS": True, "CONNECT_TIMEOUT": 0.5}
+    cache = registry.cache(kind, location, lenient, prefix="t:")
+    assert cache.get("k", "missed") == "missed"
+    assert cache.set("k", 1) is False
+    assert cache.add("k", 1) is False
+    assert cache.delete("k") is False
+    assert cache.has("k") is False
+    assert cache.get_many(["a", "b"]) == {}
+    assert sorted(cache.set_many({"a": 1, "b": 2})) == ["a", "b"]
+    assert cache.delete_many(["a", "b"]) == 0
+    assert cache.clear(flush=True) == 0
+    with pytest.raises(MissingKeyError):
+        cache.incr("n")  # no counter to add to: as a missing key
+    assert asyncio.run(cache.aget("k", "missed")) == "missed"
+    assert asyncio.run(cache.aget_many(["a"])) == {}
+    strict = registry.cache(kind, location, {**options, "CONNECT_TIMEOUT": 0.5}, prefix="t:")
+    with pytest.raises(ShardUnavailableError):
+        strict.get("k")  # without ignore_errors the same outage is an error
+
+
+@pytest.mark.parametrize("kind", sorted(DOWN))
+def test_django_backends_start_and_miss_while_their_servers_are_down(kind: str) -> None:
+    backend, location, options = DOWN[kind]
+    entry = {
+        "BACKEND": backend,
+        "LOCATION": location,
+        "OPTIONS": {**options, "IGNORE_ERRORS": True, "CONNECT_TIMEOUT": 0.5},
+    }
+    with override_settings(CACHES={"default": entry}):
+        from django.core.cache import caches
+
+        cache = caches["default"]
+        assert cache.get("k", "missed") == "missed"
+        assert cache.set("k", 1) is None  # Django's set returns None; nothing raised
+        assert cache.add("k", 1) is False
+        assert cache.get_many(["a", "b"]) == {}
+        assert cache.delete("k") is False
+
+
+def test_flask_cluster_backend_misses_while_the_cluster_is_down() -> None:
+    from flask import Flask
+    from flask_caching import Cache as FlaskCache
+
+    app = Flask(__name__)
+    app.config.update(
+        CACHE_TYPE="shardcache_flask.RedisClusterCache",
+        CACHE_REDIS_CLUSTER="127.0.0.1:1",
+        CACHE_SHARDCACHE_IGNORE_ERRORS=True,
+    )
+    cache = FlaskCache(app)
+    with app.app_context():
+        assert cache.get("k") is None
+        assert cache.set("k", 1) is False
+
+
+def test_a_deferred_topology_is_built_once_its_servers_answer(
+    clean_redis_pool_servers: StandaloneRedis,
+) -> None:
+    attempts: list[int] = []
+
+    def build() -> HashPool:
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise ShardUnavailableError("not yet", sent=False)
+        return HashPool(clean_redis_pool_servers.urls)
+
+    deferred = Deferred(
+        build,
+        ShardUnavailableError("down at start", sent=False),
+        capabilities=REDIS_CAPABILITIES,
+        dialect=REDIS,
+        retry_timeout=0.05,
+        name="test pool",
+    )
+    cache = Cache(deferred, prefix="t:", ignore_errors=True)
+    assert cache.set("k", 1) is False  # too early: no build attempt, a miss
+    wait_until(lambda: cache.set("k", 1), timeout=10, what="the topology to be built")
+    assert len(attempts) == 3  # one try per period, not one per call
+    assert cache.get("k") == 1
+    cache.close()
+    assert deferred.closed

@@ -22,6 +22,7 @@ from shardcache import (
 )
 from shardcache.connections import RedisShard
 from shardcache.hashing import slot
+from shardcache.registry import Registry
 from shardcache.testing import RedisCluster, wait_until
 from tests.cache_contract import CacheContract, RawClient
 
@@ -328,3 +329,19 @@ def test_a_moved_slot_keeps_its_replicas_in_a_new_map() -> None:
     assert (before.masters[7], before.replicas[7]) == ("a:1", ("b:1", "c:1"))  # untouched
     assert after.masters[8] == "a:1"
     assert after.replicas[8] == ("b:1", "c:1")
+
+
+def test_a_tls_only_cluster_is_dialled_on_its_tls_ports() -> None:
+    # TLS only (no plaintext port): CLUSTER SHARDS lists each node's tls-port alone.
+    with RedisCluster(masters=3, replicas_per_master=0, tls=True) as servers:
+        registry = Registry()
+        options = {"SSL_CA_CERTS": servers.ca_file, "SSL_CERT_REQS": "required"}
+        cache = registry.cache("cluster", servers.urls, options, prefix="t:")
+        items = {f"k{i}": i for i in range(60)}
+        assert cache.set_many(items) == []
+        assert cache.get_many(items) == items
+        assert cache.incr("k1", 10) == 11
+        assert asyncio.run(cache.aget_many(items)) == {**items, "k1": 11}
+        owners = {shard.id for shard in cache.topology.shards()}
+        assert owners == {f"127.0.0.1:{node.port}" for node in servers.nodes}
+        registry.close()

@@ -13,6 +13,7 @@ import pytest
 import redis
 
 from shardcache import Cache, CommandError, SentinelClient, SentinelError, ShardError
+from shardcache.registry import Registry
 from shardcache.testing import RedisSentinel, pick_port, wait_until
 from tests.cache_contract import CacheContract, RawClient
 
@@ -395,3 +396,22 @@ def test_read_from_replicas_sends_cache_reads_to_replicas_and_falls_back_to_the_
     assert asyncio.run(cache.aget_many(list(values))) == {**values, "k1": 2}
     assert [cache.get(k) for k in values] == [2 if k == "k1" else v for k, v in values.items()]
     client.close()
+
+
+def test_tls_sentinels_masters_and_replicas_follow_a_failover() -> None:
+    # TLS only: the sentinels, the masters and the replicas (the watchers' subscriptions too).
+    with RedisSentinel(names=["bucket0"], sentinels=3, tls=True) as servers:
+        registry = Registry()
+        sentinels = [f"127.0.0.1:{port}" for _, port in servers.sentinel_addresses]
+        options = {"MASTERS": ["bucket0"], "SSL_CA_CERTS": servers.ca_file}
+        cache = registry.cache("sentinel", sentinels, options, prefix="t:")
+        client = cache.topology
+        assert isinstance(client, SentinelClient)
+        wait_until(lambda: len(client.watching) == 3, timeout=15, what="the watchers")
+        cache.set("k", "before")
+        assert asyncio.run(cache.aget("k")) == "before"
+        new = address(servers.failover("bucket0", settle=False))
+        wait_until(lambda: client.masters_now()["bucket0"] == new, timeout=30, what="the event")
+        wait_until(lambda: cache.set("k", "after") is True, timeout=30, what="a write")
+        assert cache.get("k") == "after"
+        registry.close()

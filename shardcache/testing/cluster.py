@@ -18,7 +18,9 @@ import redis
 
 from shardcache.testing._base import HealthRow, Topology
 from shardcache.testing._process import HOST, pick_port, wait_until
+from shardcache.testing._tls import TlsFiles
 from shardcache.testing.servers import RedisServer
+from shardcache.testing.standalone import certificates_in
 
 __all__ = ["ClusterNodeView", "RedisCluster", "SlotMigration"]
 
@@ -119,9 +121,12 @@ class RedisCluster(Topology):
         replicas_per_master: int = 1,
         *,
         node_timeout_ms: int = 3000,
+        tls: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.tls = tls  # TLS only: clients, the cluster bus and replication
+        self.tls_files: TlsFiles | None = None
         if masters < 1 or replicas_per_master < 0:
             raise ValueError("RedisCluster needs at least one master")
         self.master_count = masters
@@ -133,7 +138,13 @@ class RedisCluster(Topology):
             "masters": self.master_count,
             "replicas_per_master": self.replicas_per_master,
             "node_timeout_ms": self.node_timeout_ms,
+            "tls": self.tls,
         }
+
+    @property
+    def ca_file(self) -> str | None:
+        """The CA certificate to trust (``ssl_ca_certs``) when started with ``tls=True``."""
+        return str(self.tls_files.ca) if self.tls_files else None
 
     @property
     def nodes(self) -> list[RedisServer]:
@@ -150,6 +161,7 @@ class RedisCluster(Topology):
 
     def _build(self, root: Path, ports: Sequence[int] | None) -> list[Any]:
         total = self.master_count * (1 + self.replicas_per_master)
+        given = ports
         if ports is None:
             ports = [pick_port(with_bus=True) for _ in range(total)]
         settings = {
@@ -157,8 +169,13 @@ class RedisCluster(Topology):
             "cluster-config-file": "nodes.conf",
             "cluster-node-timeout": str(self.node_timeout_ms),
         }
+        if self.tls:
+            self.tls_files = certificates_in(root / "tls", restoring=given is not None)
+            settings |= {"tls-cluster": "yes", "tls-replication": "yes"}
         return [
-            RedisServer(port, root / f"node{i}", label=f"node{i}", extra=settings)
+            RedisServer(
+                port, root / f"node{i}", label=f"node{i}", extra=settings, tls=self.tls_files
+            )
             for i, port in enumerate(ports)
         ]
 

@@ -13,7 +13,9 @@ import redis
 from shardcache.errors import ServerNotReadyError
 from shardcache.testing._base import HealthRow, Topology
 from shardcache.testing._process import HOST, ServerProcess, pick_port, wait_until
+from shardcache.testing._tls import TlsFiles
 from shardcache.testing.servers import RedisServer, SentinelServer
+from shardcache.testing.standalone import certificates_in
 
 __all__ = ["RedisSentinel"]
 
@@ -44,9 +46,12 @@ class RedisSentinel(Topology):
         quorum: int = 2,
         down_after_ms: int = 1500,
         failover_timeout_ms: int = 10000,
+        tls: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.tls = tls  # TLS only: clients, replication and the sentinels
+        self.tls_files: TlsFiles | None = None
         if not names or sentinels < 1 or not 1 <= quorum <= sentinels:
             raise ValueError("RedisSentinel needs master names and 1 <= quorum <= sentinels")
         self.names = list(names)
@@ -66,21 +71,31 @@ class RedisSentinel(Topology):
             "quorum": self.quorum,
             "down_after_ms": self.down_after_ms,
             "failover_timeout_ms": self.failover_timeout_ms,
+            "tls": self.tls,
         }
+
+    @property
+    def ca_file(self) -> str | None:
+        """The CA certificate to trust (``ssl_ca_certs``) when started with ``tls=True``."""
+        return str(self.tls_files.ca) if self.tls_files else None
 
     def _build(self, root: Path, ports: Sequence[int] | None) -> list[Any]:
         per_group = 1 + self.replicas_per_master
         total = len(self.names) * per_group + self.sentinel_count
         free = iter(ports if ports is not None else [pick_port() for _ in range(total)])
+        if self.tls:
+            self.tls_files = certificates_in(root / "tls", restoring=ports is not None)
+        tls = self.tls_files
         self.groups = {}
         for name in self.names:
-            first = RedisServer(next(free), root / f"{name}-node0", label=f"{name}-node0")
+            first = RedisServer(next(free), root / f"{name}-node0", label=f"{name}-node0", tls=tls)
             self.groups[name] = [first] + [
                 RedisServer(
                     next(free),
                     root / f"{name}-node{i}",
                     label=f"{name}-node{i}",
                     replica_of=first.port,
+                    tls=tls,
                 )
                 for i in range(1, per_group)
             ]
@@ -94,6 +109,7 @@ class RedisSentinel(Topology):
                 quorum=self.quorum,
                 down_after_ms=self.down_after_ms,
                 failover_timeout_ms=self.failover_timeout_ms,
+                tls=tls,
             )
             for i in range(self.sentinel_count)
         ]

@@ -125,14 +125,7 @@ class RedisServer(_RedisProtocolServer):
             settings.append(("replicaof", f"{HOST} {self.replica_of}"))
         if self.tls is not None:  # TLS only: the plain port is off
             settings = [(k, v) for k, v in settings if k != "port"]
-            settings += [
-                ("port", "0"),
-                ("tls-port", str(self.port)),
-                ("tls-cert-file", str(self.tls.cert)),
-                ("tls-key-file", str(self.tls.key)),
-                ("tls-ca-cert-file", str(self.tls.ca)),
-                ("tls-auth-clients", "no"),
-            ]
+            settings += [("port", "0"), *_tls_settings(self.port, self.tls)]
         (self.workdir / "redis.conf").write_text(_render(settings))
 
     def command(self, binary: str) -> list[str]:
@@ -141,6 +134,18 @@ class RedisServer(_RedisProtocolServer):
     def info(self, section: str) -> dict[str, object]:
         with self.client() as conn:
             return conn.info(section)  # type: ignore[no-any-return]
+
+
+def _tls_settings(port: int, tls: TlsFiles) -> list[tuple[str, str]]:
+    # TLS on ``port`` for clients, and for replication (and a sentinel's own connections).
+    return [
+        ("tls-port", str(port)),
+        ("tls-cert-file", str(tls.cert)),
+        ("tls-key-file", str(tls.key)),
+        ("tls-ca-cert-file", str(tls.ca)),
+        ("tls-auth-clients", "no"),
+        ("tls-replication", "yes"),
+    ]
 
 
 class SentinelServer(_RedisProtocolServer):
@@ -159,8 +164,10 @@ class SentinelServer(_RedisProtocolServer):
         down_after_ms: int,
         failover_timeout_ms: int,
         label: str = "",
+        tls: TlsFiles | None = None,
     ) -> None:
         super().__init__(port, workdir, label=label)
+        self.tls = tls
         self.masters = dict(masters)
         self.quorum = quorum
         self.down_after_ms = down_after_ms
@@ -175,7 +182,15 @@ class SentinelServer(_RedisProtocolServer):
                 ("sentinel failover-timeout", f"{name} {self.failover_timeout_ms}"),
                 ("sentinel parallel-syncs", f"{name} 1"),
             ]
+        if self.tls is not None:  # TLS only, to clients and to the masters it watches
+            settings = [(k, v) for k, v in settings if k != "port"]
+            settings += [("port", "0"), *_tls_settings(self.port, self.tls)]
         (self.workdir / "sentinel.conf").write_text(_render(settings))
+
+    def client(self, **kwargs: object) -> redis.Redis:
+        if self.tls is not None:
+            kwargs = {"ssl": True, "ssl_ca_certs": str(self.tls.ca), **kwargs}
+        return super().client(**kwargs)
 
     def command(self, binary: str) -> list[str]:
         return [binary, str(self.workdir / "sentinel.conf")]

@@ -17,6 +17,14 @@ from shardcache.testing.servers import MemcachedServer, RedisServer
 __all__ = ["MemcachedServers", "StandaloneRedis"]
 
 
+def certificates_in(directory: Path, *, restoring: bool) -> TlsFiles:
+    """The topology's throw-away certificates: made now, or (restoring a saved state) the
+    ones made when it was first started."""
+    if restoring:
+        return TlsFiles(directory / "ca.crt", directory / "server.crt", directory / "server.key")
+    return make_certificates(directory)
+
+
 def _ports(count: int, given: Sequence[int] | None) -> list[int]:
     return list(given) if given is not None else [pick_port() for _ in range(count)]
 
@@ -57,16 +65,7 @@ class StandaloneRedis(Topology):
 
     def _build(self, root: Path, ports: Sequence[int] | None) -> list[Any]:
         if self.tls:
-            certificates = root / "tls"
-            self.tls_files = (
-                TlsFiles(
-                    certificates / "ca.crt",
-                    certificates / "server.crt",
-                    certificates / "server.key",
-                )
-                if ports is not None  # restoring a saved state: they exist already
-                else make_certificates(certificates)
-            )
+            self.tls_files = certificates_in(root / "tls", restoring=ports is not None)
         return [
             RedisServer(port, root / f"redis{i}", label=f"redis{i}", tls=self.tls_files)
             for i, port in enumerate(_ports(self.count, ports))

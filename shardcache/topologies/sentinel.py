@@ -95,6 +95,8 @@ class SentinelClient:
     to the masters (auth, TLS, timeouts), like the Go client's DialFunc; without it they are
     redis-py connections with ``username``/``password``, the timeouts given and any other
     redis-py connection keyword arguments (``connection_options``, e.g. ``client_name``).
+    ``ssl=True`` speaks TLS to the sentinels, the masters and the replicas, with the
+    ``ssl_*`` options given (``ssl_ca_certs``, ``ssl_certfile``, ...).
     """
 
     capabilities = REDIS_CAPABILITIES
@@ -119,6 +121,7 @@ class SentinelClient:
         failover_pause: float = 5.0,
         read_from_replicas: bool = False,
         retry_timeout: float = 1.0,
+        ssl: bool = False,
         **connection_options: Any,
     ) -> None:
         # 1. parse (no I/O)
@@ -133,6 +136,12 @@ class SentinelClient:
             sentinel_kwargs["username"] = sentinel_username
         if sentinel_password is not None:
             sentinel_kwargs["password"] = sentinel_password
+        tls = {k: v for k, v in connection_options.items() if k.startswith("ssl_")}
+        if ssl:  # the sentinels, the masters and the replicas alike
+            sentinel_kwargs |= {"ssl": True, **tls}
+            connection_options = {**connection_options, "connection_class": redis.SSLConnection}
+        else:
+            connection_options = {k: v for k, v in connection_options.items() if k not in tls}
         self.sentinel = redis.sentinel.Sentinel(
             _sentinel_addresses(sentinels), sentinel_kwargs=sentinel_kwargs
         )
