@@ -322,12 +322,14 @@ class ServerProcess:
     def pause(self) -> None:
         """SIGSTOP the process: it keeps its sockets and answers nothing (a hung server)."""
         if self.pid is not None:
-            os.kill(self.pid, signal.SIGSTOP)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGSTOP)
 
     def resume(self) -> None:
         """SIGCONT a paused process."""
-        if self.pid is not None:
-            os.kill(self.pid, signal.SIGCONT)
+        if self.pid is not None and self.running:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGCONT)
 
     def stop(self, timeout: float = 5.0) -> None:
         """SIGTERM, then SIGKILL after ``timeout`` seconds; idempotent."""
