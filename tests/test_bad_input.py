@@ -122,3 +122,79 @@ def test_a_bad_flask_config_is_a_configuration_error() -> None:
     )
     with pytest.raises(ConfigurationError, match="SOCKET_TIMEOUT"):
         FlaskCache(app)
+
+
+# --- the same through the adapters ----------------------------------------------------------
+
+django_keys = st.one_of(st.text(min_size=0, max_size=300), st.integers(), st.binary(max_size=20))
+
+
+@pytest.fixture(params=["ShardedRedisCache", "ShardedMemcacheCache"])
+def django_cache(
+    request: pytest.FixtureRequest,
+    clean_redis_pool_servers: StandaloneRedis,
+    clean_memcached_servers: MemcachedServers,
+) -> Iterator[Any]:
+    from django.core.cache import caches
+    from django.test import override_settings
+
+    location = (
+        clean_redis_pool_servers.urls
+        if request.param == "ShardedRedisCache"
+        else clean_memcached_servers.addresses
+    )
+    entry = {
+        "BACKEND": f"shardcache_django.cache.{request.param}",
+        "LOCATION": location,
+        "OPTIONS": {"MAX_VALUE_SIZE": 65536},
+    }
+    with override_settings(CACHES={"default": entry}):
+        cache = caches["default"]
+        cache.set_many(KEEP)
+        yield cache
+
+
+@SETTINGS
+@given(key=django_keys, value=values)
+def test_django_backends_take_any_key_and_value_or_raise_a_typed_error(
+    django_cache: Any, key: Any, value: Any
+) -> None:
+    import warnings
+
+    from django.core.cache.backends.base import CacheKeyWarning, InvalidCacheKey
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", CacheKeyWarning)  # Redis: a warning, as Django's
+            django_cache.set(key, value)
+            stored = django_cache.get(key, "missing")
+    except (InvalidCacheKey, ShardcacheError):
+        stored = "refused"
+    assert stored in ("refused", "missing", value)
+    assert django_cache.get_many(list(KEEP)) == KEEP
+
+
+@SETTINGS
+@given(key=st.text(min_size=0, max_size=300), value=values)
+def test_flask_backends_take_any_key_and_value_or_report_failure(
+    clean_redis_pool_servers: StandaloneRedis, key: str, value: Any
+) -> None:
+    from flask import Flask
+    from flask_caching import Cache as FlaskCache
+
+    app = Flask(__name__)
+    app.config.update(
+        CACHE_TYPE="shardcache_flask.ShardedRedisCache",
+        CACHE_SHARDCACHE_SERVERS=clean_redis_pool_servers.urls,
+        CACHE_SHARDCACHE_MAX_VALUE_SIZE=65536,
+    )
+    cache = FlaskCache(app)
+    with app.app_context():
+        cache.set_many(KEEP)
+        try:
+            stored = cache.set(key, value)
+        except ShardcacheError:
+            stored = False
+        if stored:
+            assert cache.get(key) == value
+        assert cache.get_many(*KEEP) == list(KEEP.values())

@@ -63,6 +63,9 @@ class Load:
     cache: Any
     threads: int = 4
     django: bool = False  # Django's set returns None and its incr takes no create flag
+    # Writes the API cannot confirm (Django's set returns None, and with IGNORE_ERRORS a
+    # failed one says nothing): a value counts as acknowledged once read back.
+    blind_writes: bool = False
     shard_of: Callable[[str], str] | None = None  # for per-shard latency
     acked: dict[str, int] = field(default_factory=dict)
     counted: dict[str, int] = field(default_factory=dict)
@@ -94,9 +97,11 @@ class Load:
             key = f"t{thread}:{n % KEYS_PER_THREAD}"
             try:
                 stored = self._timed(key, functools.partial(cache.set, key, n))
-                if stored is not False:
+                if stored is not False and not self.blind_writes:
                     self.acked[key] = n
                 got = self._timed(key, functools.partial(cache.get, key))
+                if self.blind_writes and got == n:
+                    self.acked[key] = n
                 if got is None:
                     self.misses += 1
                 elif got < self.acked.get(key, 0):

@@ -9,11 +9,13 @@ where a timeout itself is the promise.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -61,37 +63,82 @@ def _p99(values: list[float]) -> float:
     return statistics.quantiles(values, n=100)[98] * 1000 if len(values) > 100 else 0.0
 
 
+# --- through Cache, and through the Django backend ---------------------------------------
+
+_DJANGO = {
+    "hashpool": "ShardedRedisCache",
+    "cluster": "RedisClusterCache",
+    "sentinel": "RedisSentinelCache",
+    "memcache": "ShardedMemcacheCache",
+}
+
+
+@pytest.fixture(params=["Cache", "Django"])
+def api(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@contextlib.contextmanager
+def _loaded(
+    api: str, kind: str, location: list[str], options: dict[str, Any], registry: Registry
+) -> Iterator[tuple[Load, Cache, Callable[[str], bytes]]]:
+    """A load through ``api``, the core `Cache` under it, and the stored key of a load key."""
+    if api == "Cache":
+        cache = registry.cache(kind, location, options, prefix="t:")
+        yield Load(cache, threads=4), cache, cache.make_key
+        return
+    from django.core.cache import caches
+    from django.test import override_settings
+
+    entry = {
+        "BACKEND": f"shardcache_django.cache.{_DJANGO[kind]}",
+        "LOCATION": location,
+        "OPTIONS": options,
+    }
+    with override_settings(CACHES={"default": entry}):
+        backend = caches["default"]
+        core = backend.core
+
+        def stored(key: str) -> bytes:
+            return core.make_key(backend.make_and_validate_key(key))
+
+        blind = bool(options.get("IGNORE_ERRORS"))
+        yield Load(backend, threads=4, django=True, blind_writes=blind), core, stored
+
+
 # --- Redis shard paused ------------------------------------------------------------------
 
 
 def test_a_paused_redis_shard_costs_one_timeout_then_fails_fast(
-    clean_redis_pool_servers: StandaloneRedis, registry: Registry
+    clean_redis_pool_servers: StandaloneRedis, registry: Registry, api: str
 ) -> None:
     options = {"SOCKET_TIMEOUT": 1, "RETRY_TIMEOUT": 1}
-    cache = registry.cache("hashpool", clean_redis_pool_servers.urls, options, prefix="t:")
-    pool = cache.topology
-    assert isinstance(pool, HashPool)
-    sick = pool.shards()[0]
-    load = Load(cache, threads=4, shard_of=lambda key: pool.shard_for(cache.make_key(key)).id)
-    server = next(s for s in clean_redis_pool_servers.servers if f":{s.port}/" in sick.id)
-    with load.running():
-        load.settle(0.5)
-        fault = time.monotonic()
-        load.durations.clear()
-        server.pause()
-        time.sleep(3.0)  # three times the socket timeout
-        during = list(load.durations)
-        server.resume()
-        wait_until(lambda: not sick.breaker.is_open, timeout=15, what="the probe")
-        load.settle(0.5)
-    row = load.row("Redis shard paused 3 s (SOCKET_TIMEOUT=1)", fault)
+    with _loaded(api, "hashpool", clean_redis_pool_servers.urls, options, registry) as (
+        load,
+        cache,
+        stored,
+    ):
+        pool = cache.topology
+        assert isinstance(pool, HashPool)
+        sick = pool.shards()[0]
+        load.shard_of = lambda key: pool.shard_for(stored(key)).id
+        server = next(s for s in clean_redis_pool_servers.servers if f":{s.port}/" in sick.id)
+        with load.running():
+            load.settle(0.5)
+            fault = time.monotonic()
+            load.durations.clear()
+            server.pause()
+            time.sleep(3.0)  # three times the socket timeout
+            during = list(load.durations)
+            server.resume()
+            wait_until(lambda: not sick.breaker.is_open, timeout=15, what="the probe")
+            load.settle(0.5)
+        row = load.row(f"Redis shard paused 3 s (SOCKET_TIMEOUT=1), through {api}", fault)
     sick_calls = [took for shard, took in during if shard == sick.id]
     others = [took for shard, took in during if shard != sick.id]
     row.p99_others_ms = _p99(others)
     slow = sum(1 for took in sick_calls if took > 0.5)
-    row.notes += (
-        f"; {slow} calls to it waited out the timeout, {len(sick_calls) - slow} failed fast"
-    )
+    row.note(f"{slow} calls to it waited out the timeout, {len(sick_calls) - slow} failed fast")
     ROWS.append(row)
     assert (row.hung, row.lost, row.stale) == (0, 0, 0)
     assert row.longest_stall < 2.5  # one socket timeout, never the 3 s pause
@@ -103,47 +150,60 @@ def test_a_paused_redis_shard_costs_one_timeout_then_fails_fast(
 
 
 def test_a_killed_memcached_shard_misses_then_warms_up_and_serves_again(
-    clean_memcached_servers: MemcachedServers, registry: Registry
+    clean_memcached_servers: MemcachedServers, registry: Registry, api: str
 ) -> None:
     servers = clean_memcached_servers
     options = {"IGNORE_ERRORS": True, "RETRY_TIMEOUT": 1}
-    cache = registry.cache("memcache", servers.addresses, options, prefix="t:")
     victim = servers.servers[1]
-    load = Load(cache, threads=4)
-    with load.running():
-        load.settle(0.5)
-        fault = time.monotonic()
-        victim.kill()
-        load.settle(1.0)
-        cache.update_shard_states(
-            [
-                servers.addresses[0],
-                ShardState(victim.address, MemcachedState.DOWN),
-                servers.addresses[2],
-            ]
-        )
-        load.settle(0.5)
-        victim.restart()
-        restarted = time.monotonic()
-        cache.update_shard_states(
-            [
-                servers.addresses[0],
-                ShardState(victim.address, MemcachedState.WARM_UP),
-                servers.addresses[2],
-            ]
-        )
-        load.settle(0.5)
-        cache.update_shard_states(servers.addresses)
-        key = next(f"k{i}" for i in range(1000) if _on(cache, f"k{i}", 1))
-        wait_until(lambda: cache.set(key, 1) and cache.get(key) == 1, timeout=15, what="served")
-        served_after = time.monotonic() - restarted
-        load.settle(0.5)
-    scenario = "memcached shard killed, DOWN, restarted, WARM_UP -> ACTIVE"
-    row = load.row(scenario, fault, count_lost=False)  # a restarted memcached is empty
+    first, _, last = servers.addresses
+    with _loaded(api, "memcache", servers.addresses, options, registry) as (load, cache, _):
+        with load.running():
+            load.settle(0.5)
+            fault = time.monotonic()
+            victim.kill()
+            load.settle(1.0)
+            cache.update_shard_states(
+                [first, ShardState(victim.address, MemcachedState.DOWN), last]
+            )
+            load.settle(0.5)
+            victim.restart()
+            restarted = time.monotonic()
+            warming = ShardState(victim.address, MemcachedState.WARM_UP)
+            cache.update_shard_states([first, warming, last])
+            load.settle(0.5)
+            cache.update_shard_states(servers.addresses)
+            key = next(f"k{i}" for i in range(1000) if _on(cache, f"k{i}", 1))
+            wait_until(lambda: cache.set(key, 1) and cache.get(key) == 1, timeout=15, what="served")
+            served_after = time.monotonic() - restarted
+            load.settle(0.5)
+        scenario = f"memcached shard killed, DOWN, restarted, WARM_UP -> ACTIVE, through {api}"
+        row = load.row(scenario, fault, count_lost=False)  # a restarted memcached is empty
     row.note(f"served again {served_after:.2f}s after its restart (ignore_errors)")
     ROWS.append(row)
     assert (row.errors, row.stale, row.hung) == (0, 0, 0)
     assert served_after < 1 + 1 + 5  # retry_timeout + 1 s, with room for a busy machine
+
+
+def test_a_paused_memcached_shard_costs_one_timeout_then_misses(
+    clean_memcached_servers: MemcachedServers, registry: Registry, api: str
+) -> None:
+    servers = clean_memcached_servers
+    options = {"IGNORE_ERRORS": True, "SOCKET_TIMEOUT": 1, "RETRY_TIMEOUT": 1}
+    victim = servers.servers[1]
+    with _loaded(api, "memcache", servers.addresses, options, registry) as (load, cache, _):
+        key = next(f"k{i}" for i in range(1000) if _on(cache, f"k{i}", 1))
+        with load.running():
+            load.settle(0.5)
+            fault = time.monotonic()
+            victim.pause()
+            time.sleep(3.0)
+            victim.resume()
+            wait_until(lambda: cache.set(key, 1) and cache.get(key) == 1, timeout=15, what="served")
+            load.settle(0.5)
+        row = load.row(f"memcached shard paused 3 s (SOCKET_TIMEOUT=1), through {api}", fault)
+    ROWS.append(row)
+    assert (row.errors, row.stale, row.hung) == (0, 0, 0)  # ignore_errors: misses
+    assert row.longest_stall < 2.5  # one socket timeout, never the 3 s pause
 
 
 def _on(cache: Cache, key: str, index: int) -> bool:
@@ -154,167 +214,159 @@ def _on(cache: Cache, key: str, index: int) -> bool:
 # --- Redis Sentinel ----------------------------------------------------------------------
 
 
-def _sentinel_cache(setup: RedisSentinel, registry: Registry) -> Cache:
-    sentinels = [f"127.0.0.1:{port}" for _, port in setup.sentinel_addresses]
-    return registry.cache("sentinel", sentinels, {"MASTERS": ["bucket0"]}, prefix="t:")
+def _sentinels(setup: RedisSentinel) -> list[str]:
+    return [f"127.0.0.1:{port}" for _, port in setup.sentinel_addresses]
+
+
+def _subscribed(cache: Cache) -> SentinelClient:
+    # As in production, where a client has been up for more than a moment when a failover
+    # comes: its watchers hear the sentinels' events. (A client that misses the event keeps
+    # writing to the old master until the sentinels demote it; see tests/faults/README.md.)
+    client = cache.topology
+    assert isinstance(client, SentinelClient)
+    wait_until(lambda: len(client.watching) == 3, timeout=15, what="the watchers")
+    return client
 
 
 def test_a_planned_sentinel_failover_loses_nothing(
-    clean_redis_sentinel: RedisSentinel, registry: Registry
+    clean_redis_sentinel: RedisSentinel, registry: Registry, api: str
 ) -> None:
-    cache = _sentinel_cache(clean_redis_sentinel, registry)
-    client = cache.topology
-    assert isinstance(client, SentinelClient)
-    load = Load(cache, threads=4)
-    with load.running():
-        load.settle(0.5)
-        fault = time.monotonic()
-        new = clean_redis_sentinel.failover("bucket0", settle=False)
-        wait_until(
-            lambda: client.masters_now()["bucket0"] == f"{new[0]}:{new[1]}",
-            timeout=30,
-            what="the switch",
-        )
-        load.settle(1.0)
-    row = load.row("Sentinel planned failover", fault)
+    options = {"MASTERS": ["bucket0"]}
+    with _loaded(api, "sentinel", _sentinels(clean_redis_sentinel), options, registry) as (
+        load,
+        cache,
+        _,
+    ):
+        client = _subscribed(cache)
+        with load.running():
+            load.settle(0.5)
+            fault = time.monotonic()
+            new = clean_redis_sentinel.failover("bucket0", settle=False)
+            wait_until(
+                lambda: client.masters_now()["bucket0"] == f"{new[0]}:{new[1]}",
+                timeout=30,
+                what="the switch",
+            )
+            load.settle(1.0)
+        row = load.row(f"Sentinel planned failover, through {api}", fault)
     ROWS.append(row)
     assert (row.lost, row.stale, row.hung) == (0, 0, 0)
 
 
 def test_a_killed_sentinel_master_loses_no_acknowledged_write(
-    clean_redis_sentinel: RedisSentinel, registry: Registry
+    clean_redis_sentinel: RedisSentinel, registry: Registry, api: str
 ) -> None:
-    cache = _sentinel_cache(clean_redis_sentinel, registry)
-    client = cache.topology
-    assert isinstance(client, SentinelClient)
     old = clean_redis_sentinel.master_address("bucket0")
-    _kill_a_master(
-        "Sentinel master killed",
-        Load(cache, threads=4),
-        clean_redis_sentinel.master("bucket0"),
-        clean_redis_sentinel.kill,
-        lambda: clean_redis_sentinel.master_address("bucket0") != old,
-    )
+    options = {"MASTERS": ["bucket0"]}
+    with _loaded(api, "sentinel", _sentinels(clean_redis_sentinel), options, registry) as (
+        load,
+        cache,
+        _,
+    ):
+        _subscribed(cache)
+        _kill_a_master(
+            f"Sentinel master killed, through {api}",
+            load,
+            clean_redis_sentinel.master("bucket0"),
+            clean_redis_sentinel.kill,
+            lambda: clean_redis_sentinel.master_address("bucket0") != old,
+        )
 
 
 def test_one_sentinel_of_three_killed_is_no_error(
     clean_redis_sentinel: RedisSentinel, registry: Registry
 ) -> None:
-    cache = _sentinel_cache(clean_redis_sentinel, registry)
-    load = Load(cache, threads=4)
-    with load.running():
-        load.settle(0.5)
-        fault = time.monotonic()
-        clean_redis_sentinel.kill(clean_redis_sentinel.sentinels[0])
-        load.settle(1.5)
-    row = load.row("one sentinel of three killed", fault)
-    ROWS.append(row)
-    assert (row.errors, row.lost, row.stale, row.hung) == (0, 0, 0, 0)
-
-
-def test_a_planned_failover_through_the_django_backend(
-    clean_redis_sentinel: RedisSentinel,
-) -> None:
-    from django.test import override_settings
-
-    sentinels = [f"127.0.0.1:{port}" for _, port in clean_redis_sentinel.sentinel_addresses]
-    entry = {
-        "BACKEND": "shardcache_django.cache.RedisSentinelCache",
-        "LOCATION": sentinels,
-        "OPTIONS": {"MASTERS": ["bucket0"]},
-    }
-    with override_settings(CACHES={"default": entry}):
-        from django.core.cache import caches
-
-        load = Load(caches["default"], threads=4, django=True)
+    options = {"MASTERS": ["bucket0"]}
+    with _loaded("Cache", "sentinel", _sentinels(clean_redis_sentinel), options, registry) as (
+        load,
+        _,
+        _,
+    ):
         with load.running():
             load.settle(0.5)
             fault = time.monotonic()
-            clean_redis_sentinel.failover("bucket0", settle=False)
-            load.settle(2.0)
-        row = load.row("Sentinel planned failover, through Django's cache API", fault)
+            clean_redis_sentinel.kill(clean_redis_sentinel.sentinels[0])
+            load.settle(1.5)
+        row = load.row("one sentinel of three killed", fault)
     ROWS.append(row)
-    assert (row.lost, row.stale, row.hung) == (0, 0, 0)
+    assert (row.errors, row.lost, row.stale, row.hung) == (0, 0, 0, 0)
 
 
 # --- Redis Cluster -----------------------------------------------------------------------
 
 
-def _cluster_cache(setup: RedisCluster, registry: Registry) -> Cache:
-    return registry.cache("cluster", [setup.nodes[0].address], {}, prefix="t:")
-
-
 def test_cluster_failover_is_no_caller_error(
-    clean_redis_cluster: RedisCluster, registry: Registry
+    clean_redis_cluster: RedisCluster, registry: Registry, api: str
 ) -> None:
-    cache = _cluster_cache(clean_redis_cluster, registry)
-    cluster = cache.topology
-    assert isinstance(cluster, Cluster)
-    load = Load(cache, threads=4)
-    with load.running():
-        load.settle(0.5)
-        slot = cluster.slot(cache.make_key("t0:1"))
-        master = clean_redis_cluster.owner_of(slot)
-        replica = next(
-            node
-            for node in clean_redis_cluster.replicas
-            if node.info("replication").get("master_port") == master.port
-        )
-        fault = time.monotonic()
-        with replica.client() as conn:
-            conn.execute_command("CLUSTER", "FAILOVER")
-        wait_until(
-            lambda: clean_redis_cluster.owner_of(slot) is replica,
-            timeout=30,
-            what="the replica to take over",
-            errors=(redis.RedisError,),
-        )
-        load.settle(1.0)
-    row = load.row("CLUSTER FAILOVER (manual, coordinated)", fault)
+    location = [clean_redis_cluster.nodes[0].address]
+    with _loaded(api, "cluster", location, {}, registry) as (load, cache, stored):
+        cluster = cache.topology
+        assert isinstance(cluster, Cluster)
+        slot = cluster.slot(stored("t0:1"))
+        with load.running():
+            load.settle(0.5)
+            master = clean_redis_cluster.owner_of(slot)
+            replica = next(
+                node
+                for node in clean_redis_cluster.replicas
+                if node.info("replication").get("master_port") == master.port
+            )
+            fault = time.monotonic()
+            with replica.client() as conn:
+                conn.execute_command("CLUSTER", "FAILOVER")
+            wait_until(
+                lambda: clean_redis_cluster.owner_of(slot) is replica,
+                timeout=30,
+                what="the replica to take over",
+                errors=(redis.RedisError,),
+            )
+            load.settle(1.0)
+        row = load.row(f"CLUSTER FAILOVER (manual, coordinated), through {api}", fault)
     ROWS.append(row)
     assert (row.errors, row.lost, row.stale, row.hung) == (0, 0, 0, 0)
 
 
 @pytest.mark.parametrize("source_first", [False, True], ids=["target-first", "source-first"])
 def test_a_live_reshard_is_no_caller_error(
-    clean_redis_cluster: RedisCluster, registry: Registry, source_first: bool
+    clean_redis_cluster: RedisCluster, registry: Registry, source_first: bool, api: str
 ) -> None:
-    cache = _cluster_cache(clean_redis_cluster, registry)
-    cluster = cache.topology
-    assert isinstance(cluster, Cluster)
-    load = Load(cache, threads=4)
-    slot = cluster.slot(cache.make_key("t0:1"))
-    source = clean_redis_cluster.owner_of(slot)
-    target = next(m for m in clean_redis_cluster.masters if m is not source)
-    with load.running():
-        load.settle(0.5)
-        fault = time.monotonic()
-        migration = clean_redis_cluster.begin_slot_migration(slot, target)
-        while migration.move_keys(limit=5):
-            time.sleep(0.01)
-        migration.finish(source_first=source_first, gap=0.3 if source_first else 0.0)
-        load.settle(1.0)
-    order = "source first, 0.3 s apart" if source_first else "target first"
-    row = load.row(f"live reshard of a hot slot, SETSLOT {order}", fault)
+    location = [clean_redis_cluster.nodes[0].address]
+    with _loaded(api, "cluster", location, {}, registry) as (load, cache, stored):
+        cluster = cache.topology
+        assert isinstance(cluster, Cluster)
+        slot = cluster.slot(stored("t0:1"))
+        source = clean_redis_cluster.owner_of(slot)
+        target = next(m for m in clean_redis_cluster.masters if m is not source)
+        with load.running():
+            load.settle(0.5)
+            fault = time.monotonic()
+            migration = clean_redis_cluster.begin_slot_migration(slot, target)
+            while migration.move_keys(limit=5):
+                time.sleep(0.01)
+            migration.finish(source_first=source_first, gap=0.3 if source_first else 0.0)
+            load.settle(1.0)
+        order = "source first, 0.3 s apart" if source_first else "target first"
+        row = load.row(f"live reshard of a hot slot, SETSLOT {order}, through {api}", fault)
     ROWS.append(row)
     assert (row.errors, row.lost, row.stale, row.hung) == (0, 0, 0, 0)
 
 
 def test_a_killed_cluster_master_errs_only_until_its_replica_is_promoted(
-    clean_redis_cluster: RedisCluster, registry: Registry
+    clean_redis_cluster: RedisCluster, registry: Registry, api: str
 ) -> None:
-    cache = _cluster_cache(clean_redis_cluster, registry)
-    cluster = cache.topology
-    assert isinstance(cluster, Cluster)
-    slot = cluster.slot(cache.make_key("t0:1"))
-    victim = clean_redis_cluster.owner_of(slot)
-    _kill_a_master(
-        "Cluster master killed",
-        Load(cache, threads=4),
-        victim,
-        clean_redis_cluster.kill,
-        lambda: clean_redis_cluster.owner_of(slot) is not victim,
-    )
+    location = [clean_redis_cluster.nodes[0].address]
+    with _loaded(api, "cluster", location, {}, registry) as (load, cache, stored):
+        cluster = cache.topology
+        assert isinstance(cluster, Cluster)
+        slot = cluster.slot(stored("t0:1"))
+        victim = clean_redis_cluster.owner_of(slot)
+        _kill_a_master(
+            f"Cluster master killed, through {api}",
+            load,
+            victim,
+            clean_redis_cluster.kill,
+            lambda: clean_redis_cluster.owner_of(slot) is not victim,
+        )
 
 
 def _kill_a_master(
