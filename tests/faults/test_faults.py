@@ -220,8 +220,7 @@ def _sentinels(setup: RedisSentinel) -> list[str]:
 
 def _subscribed(cache: Cache) -> SentinelClient:
     # As in production, where a client has been up for more than a moment when a failover
-    # comes: its watchers hear the sentinels' events. (A client that misses the event keeps
-    # writing to the old master until the sentinels demote it; see tests/faults/README.md.)
+    # comes: its watchers hear the sentinels' events.
     client = cache.topology
     assert isinstance(client, SentinelClient)
     wait_until(lambda: len(client.watching) == 3, timeout=15, what="the watchers")
@@ -241,7 +240,8 @@ def test_a_planned_sentinel_failover_loses_nothing(
         with load.running():
             load.settle(0.5)
             fault = time.monotonic()
-            new = clean_redis_sentinel.failover("bucket0", settle=False)
+            # settle: the old master has rejoined as a replica before the next scenario
+            new = clean_redis_sentinel.failover("bucket0")
             wait_until(
                 lambda: client.masters_now()["bucket0"] == f"{new[0]}:{new[1]}",
                 timeout=30,
