@@ -38,15 +38,20 @@ class Breaker:
     @property
     def is_open(self) -> bool:
         """Whether calls to the server fail fast now."""
-        return bool(self.down_until) and (self._probing or time.monotonic() < self.down_until)
+        return bool(self.down_until) and time.monotonic() < self.down_until
 
     def check(self) -> None:
         """Called before a call when ``down_until`` is set: raise while the server is down,
-        or let this caller through as the one probe."""
+        or let this caller through as the one probe. The probe holds the breaker open for
+        one more period, so a probe that never reports (cancelled, or failed some other
+        way than the socket) only delays the next one, never wedges the server."""
         if not self.down_until:
             return
-        if not self._probing and time.monotonic() >= self.down_until:
-            self._probing = True  # under the GIL one caller wins; a lost race probes twice
+        now = time.monotonic()
+        if now >= self.down_until:
+            # Under the GIL one caller wins; a lost race probes twice.
+            self.down_until = now + self.retry_timeout
+            self._probing = True
             return
         raise ShardUnavailableError(
             f"marked down after a failure, for {self.retry_timeout:g}s (circuit breaker)",

@@ -67,6 +67,21 @@ def test_the_breaker_fails_fast_then_lets_one_probe_through() -> None:
     disabled.check()  # retry_timeout=0: never opens
 
 
+def test_a_probe_that_never_reports_only_delays_the_next_one() -> None:
+    # E.g. an asyncio call cancelled mid-probe (an ASGI request timing out): nothing tells
+    # the breaker how the probe went, and the server must not stay marked down for good.
+    breaker = Breaker("127.0.0.1:1", retry_timeout=0.1)
+    breaker.failed()
+    wait_until(lambda: not breaker.is_open, timeout=5, what="the period")
+    breaker.check()  # the probe goes through, and is never heard of again
+    with pytest.raises(ShardUnavailableError):
+        breaker.check()
+    wait_until(lambda: not breaker.is_open, timeout=5, what="another period")
+    breaker.check()  # a new probe
+    breaker.succeeded()
+    assert not breaker.is_open
+
+
 def test_a_paused_server_costs_one_socket_timeout_then_fails_fast_and_comes_back(
     clean_redis_pool_servers: StandaloneRedis,
     registry: Registry,
