@@ -14,9 +14,7 @@ from shardcache import (
     Cache,
     ConfigurationError,
     HashPool,
-    InvalidKeyError,
     MemcacheTopology,
-    SerializationError,
     ShardcacheError,
 )
 from shardcache.backends import problems
@@ -75,11 +73,10 @@ def cache(
 def test_any_key_and_value_works_or_is_a_typed_error(cache: Cache, key: Any, value: Any) -> None:
     try:
         stored = cache.set(key, value)
-    except (InvalidKeyError, SerializationError, ShardcacheError):
+    except ShardcacheError:  # InvalidKeyError, SerializationError, a server's refusal
         stored = None
     if stored:
-        got = cache.get(key)
-        assert got == value or (isinstance(value, bytes) and got == value)
+        assert cache.get(key) == value
     assert cache.get_many(list(KEEP)) == KEEP  # nothing already stored changed
 
 
