@@ -295,14 +295,20 @@ def test_one_sentinel_of_three_killed_is_no_error(
 # --- Redis Cluster -----------------------------------------------------------------------
 
 
-def test_cluster_failover_is_no_caller_error(
-    clean_redis_cluster: RedisCluster, registry: Registry, api: str
-) -> None:
-    location = [clean_redis_cluster.nodes[0].address]
+@contextlib.contextmanager
+def _hot_slot(setup: RedisCluster, registry: Registry, api: str) -> Iterator[tuple[Load, int]]:
+    """A load on the cluster through ``api``, and the slot of one of its keys."""
+    location = [setup.nodes[0].address]
     with _loaded(api, "cluster", location, {}, registry) as (load, cache, stored):
         cluster = cache.topology
         assert isinstance(cluster, Cluster)
-        slot = cluster.slot(stored("t0:1"))
+        yield load, cluster.slot(stored("t0:1"))
+
+
+def test_cluster_failover_is_no_caller_error(
+    clean_redis_cluster: RedisCluster, registry: Registry, api: str
+) -> None:
+    with _hot_slot(clean_redis_cluster, registry, api) as (load, slot):
         with load.running():
             load.settle(0.5)
             master = clean_redis_cluster.owner_of(slot)
@@ -330,11 +336,7 @@ def test_cluster_failover_is_no_caller_error(
 def test_a_live_reshard_is_no_caller_error(
     clean_redis_cluster: RedisCluster, registry: Registry, source_first: bool, api: str
 ) -> None:
-    location = [clean_redis_cluster.nodes[0].address]
-    with _loaded(api, "cluster", location, {}, registry) as (load, cache, stored):
-        cluster = cache.topology
-        assert isinstance(cluster, Cluster)
-        slot = cluster.slot(stored("t0:1"))
+    with _hot_slot(clean_redis_cluster, registry, api) as (load, slot):
         source = clean_redis_cluster.owner_of(slot)
         target = next(m for m in clean_redis_cluster.masters if m is not source)
         with load.running():
@@ -354,11 +356,7 @@ def test_a_live_reshard_is_no_caller_error(
 def test_a_killed_cluster_master_errs_only_until_its_replica_is_promoted(
     clean_redis_cluster: RedisCluster, registry: Registry, api: str
 ) -> None:
-    location = [clean_redis_cluster.nodes[0].address]
-    with _loaded(api, "cluster", location, {}, registry) as (load, cache, stored):
-        cluster = cache.topology
-        assert isinstance(cluster, Cluster)
-        slot = cluster.slot(stored("t0:1"))
+    with _hot_slot(clean_redis_cluster, registry, api) as (load, slot):
         victim = clean_redis_cluster.owner_of(slot)
         _kill_a_master(
             f"Cluster master killed, through {api}",
