@@ -13,8 +13,8 @@ catch the library's failures in one clause without catching unrelated bugs::
     ├── SerializationError        a value cannot be encoded, or stored bytes cannot be decoded
     ├── ShardError                a server-side problem on one shard (names the shard and key)
     │   ├── ShardUnavailableError the shard cannot be reached: refused, timed out, pool exhausted
+    │   │   └── RedirectsExhaustedError  a cluster kept redirecting (MOVED/ASK/TRYAGAIN) too long
     │   ├── CommandError          the shard answered with an error (WRONGTYPE, not an integer...)
-    │   ├── RedirectsExhaustedError  a cluster kept redirecting (MOVED/ASK/TRYAGAIN) too long
     │   └── SentinelError         no sentinel answers, or none knows the master name
     ├── LockError                 a lock could not be acquired, or was released while not held
     │   └── LockNotOwnedError     the lock expired or another holder took it
@@ -174,9 +174,14 @@ class CommandError(ShardError):
         self.reply = reply
 
 
-class RedirectsExhaustedError(ShardError):
-    """A cluster command was still redirected (MOVED, ASK, TRYAGAIN, node down) after the
-    configured number of attempts."""
+class RedirectsExhaustedError(ShardUnavailableError):
+    """A cluster command was still redirected (MOVED, ASK, TRYAGAIN, CLUSTERDOWN) when the
+    redirect budget ran out. The slot has no node that serves it for now, so this is a
+    `ShardUnavailableError` (``ignore_errors`` turns it into a miss); ``sent`` is False, as
+    no node ran the command."""
+
+    def __init__(self, message: str, *, shard: str = "", key: bytes | str | None = None) -> None:
+        super().__init__(message, shard=shard, key=key, sent=False)
 
 
 class SentinelError(ShardError):

@@ -83,13 +83,12 @@ def test_policy_backs_off_more_each_time_on_tryagain_and_clusterdown() -> None:
     assert (down.action, down.delay) == ("refresh", 0.1)
 
 
-def test_policy_retries_an_unreachable_node_only_when_safe() -> None:
+def test_an_unreachable_node_is_not_the_policys_to_retry() -> None:
+    # The cluster decides (retry where the slot map moved the slot, else fail at once):
+    # spending the budget on a node that is down only delays the caller's error.
     policy = RedirectPolicy()
     never_sent = ShardUnavailableError("refused", sent=False)
-    maybe_applied = ShardUnavailableError("reset", sent=True)
-    assert policy.decide(never_sent, 0, idempotent=False).action == "refresh"
-    assert policy.decide(maybe_applied, 0, idempotent=True).action == "refresh"
-    assert policy.decide(maybe_applied, 0, idempotent=False).action == "raise"
+    assert policy.decide(never_sent, 0, idempotent=True).action == "raise"
 
 
 def test_policy_gives_up_after_max_attempts_and_on_other_errors() -> None:

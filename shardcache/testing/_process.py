@@ -13,13 +13,14 @@ import contextlib
 import ctypes
 import os
 import random
+import select
 import shutil
 import signal
 import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any, ClassVar, TypeVar
@@ -324,6 +325,36 @@ class ServerProcess:
         if self.pid is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGSTOP)
+
+    @contextlib.contextmanager
+    def stalled(self, most: int = 10_000) -> Iterator[None]:
+        """Paused, and with its accept queue full, for the ``with`` block: the kernel then
+        drops a new connection's SYN, as for a host that fell off the network, so only a
+        connect timeout ends a client's wait. (A merely paused server still completes the
+        TCP handshake, since the kernel accepts into the queue on its behalf.)"""
+        self.pause()
+        held: list[socket.socket] = []
+        try:
+            # Full once three handshakes in a row do not complete: a single one can be late
+            # for another reason (its port still lingering from an earlier connection).
+            dropped = 0
+            for _ in range(most):
+                sock = socket.socket()
+                held.append(sock)
+                sock.setblocking(False)
+                sock.connect_ex((HOST, self.port))
+                poller = select.poll()  # not select(): the descriptors pass 1024
+                poller.register(sock, select.POLLOUT)
+                dropped = 0 if poller.poll(200) else dropped + 1
+                if dropped == 3:
+                    break
+            else:
+                raise RuntimeError(f"{self.label}: the accept queue never filled")
+            yield
+        finally:
+            for sock in held:
+                sock.close()
+            self.resume()
 
     def resume(self) -> None:
         """SIGCONT a paused process."""

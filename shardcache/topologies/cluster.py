@@ -45,6 +45,10 @@ from shardcache.topologies.redirects import Redirect, RedirectPolicy, is_tryagai
 
 __all__ = ["Binding", "Cluster", "ClusterNode"]
 
+# After a node failed, the slot map is re-read to see whether a failover moved its slots, but
+# not more often than this (seconds): a dead node's callers would otherwise each read it.
+MAP_MAX_AGE_ON_FAILURE = 0.1
+
 
 # Multi-key commands that can be split into one command per key: (the one-key command,
 # how to combine the one-key replies into the multi-key reply).
@@ -185,10 +189,13 @@ class Cluster:
                 found = self._nodes[(address, readonly)] = ClusterNode(self, shard)
             return found
 
-    def refresh(self) -> None:
+    def refresh(self, *, unless_newer_than: float = 0.0) -> None:
         """Re-read the slot map from the first node that answers (CLUSTER SHARDS, or CLUSTER
-        SLOTS on servers before 7.0). Concurrent callers share one refresh."""
+        SLOTS on servers before 7.0). Concurrent callers share one refresh; with
+        ``unless_newer_than``, a map read that many seconds ago or less is kept."""
         requested = time.monotonic()
+        if unless_newer_than and requested - self._refreshed_at < unless_newer_than:
+            return
         with self._refresh_lock:
             if self._refreshed_at > requested:
                 return  # another thread refreshed while we waited
@@ -356,15 +363,25 @@ class Cluster:
                     return target.shard.execute(*args, key=key, idempotent=idempotent)
                 except (CommandError, ShardUnavailableError) as exc:
                     error = exc
+            if isinstance(error, ShardUnavailableError):
+                # The node did not answer. Retry only where the slot map now names another
+                # node that is not known to be down (a failover happened): otherwise the node
+                # is simply down, and the caller hears it now instead of after the budget,
+                # and after this in microseconds (the node's breaker is open).
+                if attempt + 1 >= policy.max_attempts:
+                    raise error
+                target = self._elsewhere(number, read, target, error, idempotent or read)
+                asking = False
+                attempt += 1
+                error = None
+                continue
             now = time.monotonic()
             started = started or now
             decision = policy.decide(
                 error, attempt, idempotent=idempotent or read, elapsed=now - started, moves=moves
             )
             if decision.action == "raise":
-                if attempt > 0 and (
-                    isinstance(error, ShardUnavailableError) or policy.follows(error)
-                ):
+                if attempt > 0 and policy.follows(error):
                     raise RedirectsExhaustedError(
                         f"gave up after {attempt + 1} attempts in {now - started:.2f}s "
                         f"(budget {policy.budget:g}s), last: {error}",
@@ -390,6 +407,25 @@ class Cluster:
                     moves += 1
             attempt += 1
             error = None
+
+    def _elsewhere(
+        self,
+        number: int,
+        read: bool,
+        failed: ClusterNode,
+        error: ShardUnavailableError,
+        retry_safe: bool,
+    ) -> ClusterNode:
+        """Where to retry a command on slot ``number`` whose node ``failed`` did not answer,
+        or ``error`` raised when there is nowhere (see `execute`)."""
+        if error.sent and not retry_safe:
+            raise error  # a write may have been applied: retrying could apply it twice
+        with contextlib.suppress(ShardUnavailableError):
+            self.refresh(unless_newer_than=MAP_MAX_AGE_ON_FAILURE)
+        target = self._route(number, read)
+        if target is failed or target.shard.breaker.is_open:
+            raise error
+        return target
 
     # --- the shard protocol --------------------------------------------------------------------
 
@@ -594,10 +630,8 @@ class _ClusterBatch(RecoveringBatch):
         cluster = self.node.cluster
         if failure.sent and not self.only_reads:
             raise failure  # a write may have been applied: retrying could apply it twice
-        try:
-            cluster.refresh()
-        except ShardUnavailableError:
-            raise failure from None
+        with contextlib.suppress(ShardUnavailableError):
+            cluster.refresh(unless_newer_than=MAP_MAX_AGE_ON_FAILURE)
         if any(cluster.master_of(cluster.slot(c[1])) is self.node for c in self.commands):
             raise failure
         return [self._retry(command, failure) for command in self.commands]

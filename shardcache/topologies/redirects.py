@@ -18,7 +18,7 @@ from redis.exceptions import (
     TryAgainError,
 )
 
-from shardcache.errors import CommandError, ShardUnavailableError
+from shardcache.errors import CommandError
 
 __all__ = [
     "Decision",
@@ -123,10 +123,12 @@ class RedirectPolicy:
     second to settle, however many attempts that is. MOVED and ASK are followed at once,
     except that a slot MOVED more than once in one call (two nodes bouncing it between
     them, as when a reshard's SETSLOT reached the source before the target) waits a little
-    longer each time and re-reads the slot map. TRYAGAIN and CLUSTERDOWN wait and retry; an
-    unreachable node triggers a slot-map refresh when retrying is safe (the command never
-    reached the node, or it is a read); anything else is the caller's. ``max_attempts``
-    caps the attempts within the budget.
+    longer each time and re-reads the slot map. TRYAGAIN and CLUSTERDOWN wait and retry;
+    anything else is the caller's. ``max_attempts`` caps the attempts within the budget.
+
+    A node that does not answer is not the policy's: the cluster retries elsewhere only
+    when the slot map names another node for the slot (`Cluster.execute`), and otherwise
+    fails at once.
     """
 
     def __init__(
@@ -160,10 +162,6 @@ class RedirectPolicy:
         """``moves``: how many MOVED this call has followed already."""
         left = self.budget - elapsed
         if attempt + 1 >= self.max_attempts or left <= 0:
-            return Decision("raise")
-        if isinstance(err, ShardUnavailableError):
-            if idempotent or not err.sent:
-                return Decision("refresh", delay=min(self.down_delay * (attempt + 1), left))
             return Decision("raise")
         redirect = parse_redirect(err)
         if redirect is not None:
