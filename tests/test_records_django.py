@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -105,25 +106,71 @@ def test_system_checks_report_misconfigured_stores(code: str) -> None:
             StoreHandler()["bad"]
 
 
-def test_the_command_through_call_command() -> None:
-    def run(*args: str) -> str:
-        out = io.StringIO()
-        call_command("shardcache_records", *args, stdout=out)
-        return out.getvalue()
+@pytest.fixture(params=["orm", "redis"])
+def command_store(request: pytest.FixtureRequest) -> Iterator[str]:
+    """SHARDCACHE_RECORDS["default"] on the ORM, or on a Redis store never written before."""
+    if request.param == "orm":
+        yield "orm"
+        return
+    servers: StandaloneRedis = request.getfixturevalue("clean_redis_pool_servers")
+    entry = {
+        "BACKEND": "redis",
+        "LOCATION": servers.urls,
+        "OPTIONS": {"NAME": f"cmd-{uuid.uuid4().hex[:8]}"},
+    }
+    with override_settings(SHARDCACHE_RECORDS={"default": entry}):
+        yield "redis"
 
+
+def _run(*args: str) -> str:
+    out = io.StringIO()
+    call_command("shardcache_records", *args, stdout=out)
+    return out.getvalue()
+
+
+def test_the_command_syncs_and_lists_an_empty_store(command_store: str) -> None:
+    # A Redis store never written said "the store was reset" here: a header, no rows.
+    assert _run("sync", "user").split() == ["version", "type", "id", "data", "modified"]
+    assert _run("sync", "user", "--json") == ""
+    assert _run("leases", "--json") == ""
+    assert json.loads(_run("stats", "--json"))["types"] == {}
+
+
+def test_the_command_takes_renews_and_releases_leases(command_store: str) -> None:
+    taken = json.loads(_run("lease", "nightly", "--holder", "w1", "--ttl", "30", "--json"))
+    assert taken["holder"] == "w1"
+    assert 29 <= float(taken["expires in (s)"]) <= 30
+    with pytest.raises(CommandError, match="is held by w1"):
+        _run("lease", "nightly", "--holder", "w2", "--ttl", "30")
+    with pytest.raises(CommandError, match="not held by 'w2'"):
+        _run("renew", "nightly", "--holder", "w2", "--ttl", "60")
+    with pytest.raises(CommandError, match="not held by 'w2'"):
+        _run("release", "nightly", "--holder", "w2")
+    renewed = json.loads(_run("renew", "nightly", "--holder", "w1", "--ttl", "600", "--json"))
+    assert float(renewed["expires in (s)"]) > 500
+    assert "w1" in _run("leases")
+    assert "released nightly (w1)" in _run("release", "nightly", "--holder", "w1")
+    assert _run("leases", "--json") == ""
+    with pytest.raises(CommandError, match="not held by 'w1'"):
+        _run("renew", "nightly", "--holder", "w1", "--ttl", "60")  # gone: nothing to renew
+    with pytest.raises(CommandError, match="not held"):
+        _run("release", "nightly", "--holder", "w1")
+
+
+def test_the_command_through_call_command(command_store: str) -> None:
+    run = _run
     run("put", "user", "ada", "--data", '{"name": "Ada", "role": "admin"}')
     run("put", "user", "bob", "--data", '{"name": "Bob", "role": "dev"}')
     assert json.loads(run("get", "user", "ada", "--json"))["data"]["name"] == "Ada"
     table = run("latest", "user", "--filter", '{"role": {"$in": ["dev"]}}').splitlines()
     assert table[0].split() == ["version", "type", "id", "data", "modified"]
     assert [line.split()[2] for line in table[1:]] == ["bob"]
-    assert [json.loads(line)["id"] for line in run("sync", "user", "--json").splitlines()] == [
-        "ada",
-        "bob",
-    ]
+    synced = [json.loads(line) for line in run("sync", "user", "--json").splitlines()]
+    assert [c["id"] for c in synced] == ["ada", "bob"]
+    bob = str(synced[-1]["version"])
     run("delete", "user", "ada")
     since = [
-        json.loads(line) for line in run("sync", "user", "--since", "2", "--json").splitlines()
+        json.loads(line) for line in run("sync", "user", "--since", bob, "--json").splitlines()
     ]
     assert [(c["id"], c["deleted_at"] is not None) for c in since] == [("ada", True)]
     assert "capacity" in run("options", "user", "--capacity", "5", "--ttl", "60")
@@ -134,11 +181,12 @@ def test_the_command_through_call_command() -> None:
     }
     stats = json.loads(run("stats", "--json"))
     assert stats["types"] == {"user": 1}
-    assert stats["last_version"] == 3
+    assert stats["last_version"] == since[-1]["version"]
     assert "oldest retained change" in run("stats")
     StoreHandler()["default"].lease("nightly", "worker-1", 30)
     assert "worker-1" in run("leases")
-    follow = run("sync", "user", "--since", "3", "--follow", "--timeout", "0.3")
+    last = str(since[-1]["version"])
+    follow = run("sync", "user", "--since", last, "--follow", "--timeout", "0.3")
     assert follow == ""  # nothing new: it waited, then ended at the timeout
     with pytest.raises(CommandError, match="no record"):
         run("get", "user", "nobody")

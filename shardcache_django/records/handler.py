@@ -19,6 +19,8 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 
 from shardcache.backends import OPTIONS as TOPOLOGY_OPTIONS
 from shardcache.backends import problems as topology_problems
@@ -178,3 +180,10 @@ class StoreHandler:
 
 
 stores = StoreHandler()
+
+
+@receiver(setting_changed)
+def _settings_changed(*, setting: str, **kwargs: Any) -> None:
+    # As Django's own cache handler does: stores built from old settings are not kept.
+    if setting == "SHARDCACHE_RECORDS":
+        stores.close_all()

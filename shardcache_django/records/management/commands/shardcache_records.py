@@ -1,6 +1,8 @@
 """``python manage.py shardcache_records``: inspect and edit a record store.
 
     shardcache_records leases | stats
+    shardcache_records lease NAME --holder H --ttl S | renew NAME --holder H --ttl S
+    shardcache_records release NAME --holder H
     shardcache_records get TYPE ID | delete TYPE ID | put TYPE ID --data JSON
     shardcache_records sync TYPE [--since N] [--follow] | latest TYPE [--filter JSON]
     shardcache_records options TYPE [--capacity N] [--ttl SECONDS]
@@ -29,6 +31,9 @@ class Command(BaseCommand):
         sub = parser.add_subparsers(dest="action", required=True)
         commands = {
             "leases": [],
+            "lease": ["name"],
+            "renew": ["name"],
+            "release": ["name"],
             "stats": [],
             "get": ["type", "id"],
             "delete": ["type", "id"],
@@ -43,6 +48,10 @@ class Command(BaseCommand):
             command.add_argument("--json", action="store_true", help="JSON output")
             for argument in positional:
                 command.add_argument(argument)
+            if name in ("lease", "renew", "release"):
+                command.add_argument("--holder", required=True, help="who holds the lease")
+            if name in ("lease", "renew"):
+                command.add_argument("--ttl", type=float, required=True, help="seconds")
             if name == "put":
                 command.add_argument("--data", required=True, help="the record's data (JSON)")
             elif name == "sync":
@@ -65,7 +74,42 @@ class Command(BaseCommand):
     # --- subcommands -----------------------------------------------------------------------
 
     def do_leases(self, store: Any, o: dict[str, Any]) -> None:
-        rows = [[x.name, x.holder_id, f"{x.expires_in:.1f}"] for x in store.leases()]
+        self.lease_rows(store.leases(), o)
+
+    def do_lease(self, store: Any, o: dict[str, Any]) -> None:
+        """Take the lease, or renew it if ``--holder`` holds it already."""
+        if not store.lease(o["name"], o["holder"], o["ttl"]):
+            raise CommandError(f"lease {o['name']!r} is held by {self.holder(store, o)}")
+        self.lease_row(store, o)
+
+    def do_renew(self, store: Any, o: dict[str, Any]) -> None:
+        """Extend a lease ``--holder`` holds; an error if it holds none (expired or taken)."""
+        holder = self.holder(store, o)
+        if holder != o["holder"] or not store.lease(o["name"], o["holder"], o["ttl"]):
+            raise CommandError(
+                f"lease {o['name']!r} is not held by {o['holder']!r} (held by {holder})"
+            )
+        self.lease_row(store, o)
+
+    def do_release(self, store: Any, o: dict[str, Any]) -> None:
+        if not store.release(o["name"], o["holder"]):
+            raise CommandError(
+                f"lease {o['name']!r} is not held by {o['holder']!r} "
+                f"(held by {self.holder(store, o)})"
+            )
+        if o["json"]:
+            self.emit({"released": o["name"], "holder": o["holder"]})
+        else:
+            self.stdout.write(f"released {o['name']} ({o['holder']})")
+
+    def holder(self, store: Any, o: dict[str, Any]) -> str | None:
+        return next((x.holder_id for x in store.leases() if x.name == o["name"]), None)
+
+    def lease_row(self, store: Any, o: dict[str, Any]) -> None:
+        self.lease_rows([x for x in store.leases() if x.name == o["name"]], o)
+
+    def lease_rows(self, leases: Iterable[Any], o: dict[str, Any]) -> None:
+        rows = [[x.name, x.holder_id, f"{x.expires_in:.1f}"] for x in leases]
         self.table(["name", "holder", "expires in (s)"], rows, o)
 
     def do_stats(self, store: Any, o: dict[str, Any]) -> None:
@@ -101,7 +145,9 @@ class Command(BaseCommand):
             self.stdout.write(f"deleted {o['type']}/{o['id']}")
 
     def do_sync(self, store: Any, o: dict[str, Any]) -> None:
-        server_version = store.stats()["server_version"]
+        # sync_latest's server version, not stats()': a store never written has none yet
+        # (a Redis store makes one on first use), and a sync from it would be "reset".
+        server_version, _, _ = store.sync_latest(o["type"])
         changes = store.sync(o["type"], server_version, o["since"], o["follow"], o["timeout"])
         if o["follow"] or o["json"]:
             for change in changes:  # one line each, as they come
