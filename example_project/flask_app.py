@@ -1,8 +1,10 @@
-"""A small Flask app on shardcache's Flask-Caching backends (used by the demo).
+"""A small Flask app on shardcache's Flask-Caching backends: an app factory, a cached view
+and a memoized function, configured from Flask config.
 
-from example_project.flask_app import create_app
-app = create_app({"CACHE_TYPE": "shardcache_flask.RedisClusterCache",
-                  "CACHE_REDIS_CLUSTER": "127.0.0.1:7000,127.0.0.1:7001"})
+    flask --app "example_project.flask_app:create_app()" run   # the cluster of ./dev up
+
+``create_app(config)`` takes any Flask-Caching config; without one, the Redis Cluster that
+`example_project.servers` finds (the environment, or the state file of ``./dev up``).
 """
 
 from __future__ import annotations
@@ -22,10 +24,24 @@ def price(item: str, quantity: int) -> float:
     return round(len(item) * 1.25 * quantity, 2)
 
 
-def create_app(config: dict[str, Any]) -> Flask:
+def default_config() -> dict[str, Any]:
+    from example_project.servers import servers
+
+    return {
+        "CACHE_TYPE": "shardcache_flask.RedisClusterCache",
+        "CACHE_REDIS_CLUSTER": ",".join(servers().cluster_nodes),
+        "CACHE_SHARDCACHE_SOCKET_TIMEOUT": 1,
+    }
+
+
+def create_app(config: dict[str, Any] | None = None) -> Flask:
     app = Flask(__name__)
-    app.config.update({"CACHE_KEY_PREFIX": "shop:", **config})
+    app.config.update({"CACHE_KEY_PREFIX": "shop:", **(config or default_config())})
     cache.init_app(app)
+
+    @app.route("/")
+    def index() -> dict[str, Any]:
+        return {"try": "/quote/tea/3", "then": "POST /reprice/tea/3"}
 
     @app.route("/quote/<item>/<int:quantity>")
     @cache.cached(timeout=60)

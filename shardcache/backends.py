@@ -52,7 +52,7 @@ __all__ = [
 # What a `Cache` applies to values; every other option shapes the topology's connections.
 CODEC_OPTIONS = frozenset(
     {"SERIALIZER", "COMPRESSOR", "COMPRESS_THRESHOLD", "SIGNING_SECRET", "IGNORE_ERRORS"}
-    | {"MAX_VALUE_SIZE"}
+    | {"MAX_VALUE_SIZE", "LOG_IGNORED_ERRORS"}
 )
 _REDIS = {"CONNECT_TIMEOUT", "SOCKET_TIMEOUT", "MAX_CONNECTIONS", "USERNAME", "PASSWORD"} | {
     "CONNECTION_POOL_KWARGS",
@@ -122,7 +122,11 @@ def _shard_states(servers: list[str], options: Mapping[str, Any]) -> list[ShardS
 
 
 # Names users bring from django-redis and Django's own RedisCache, read as ours.
-ALIASES = {"SOCKET_CONNECT_TIMEOUT": "CONNECT_TIMEOUT", "IGNORE_EXCEPTIONS": "IGNORE_ERRORS"}
+ALIASES = {
+    "SOCKET_CONNECT_TIMEOUT": "CONNECT_TIMEOUT",
+    "IGNORE_EXCEPTIONS": "IGNORE_ERRORS",
+    "LOG_IGNORED_EXCEPTIONS": "LOG_IGNORED_ERRORS",
+}
 # django-redis options with no meaning here: a check message says what replaces them.
 _REPLACED = {
     "CLIENT_CLASS": "pick the shardcache backend for your servers instead "
@@ -195,6 +199,7 @@ _TYPED: dict[str, tuple[Any, str]] = {
     "FAILOVER_PAUSE": (_number(float, 0), "a number of seconds >= 0"),
     "RETRY_TIMEOUT": (_number(float, 0), "a number of seconds >= 0"),
     "IGNORE_ERRORS": (_flag, "True or False"),
+    "LOG_IGNORED_ERRORS": (_flag, "True or False"),
     "READ_FROM_REPLICAS": (_flag, "True or False"),
     "INVALIDATE_NON_ACTIVE": (_flag, "True or False"),
 }
@@ -427,4 +432,5 @@ def build_cache(topology: Topology, settings: Settings, *, prefix: str = "") -> 
         signing_secret=o.get("SIGNING_SECRET"),
         max_value_size=o.get("MAX_VALUE_SIZE", MAX_VALUE_SIZE),
         ignore_errors=o.get("IGNORE_ERRORS", False),
+        log_ignored_errors=o.get("LOG_IGNORED_ERRORS", True),
     )

@@ -23,17 +23,27 @@ from shardcache.drivers import Exec, Fan, Pipe, Steps, run_async, run_sync, scri
 from shardcache.errors import (
     CommandError,
     ConfigurationError,
+    CrossSlotError,
     InvalidKeyError,
     MissingKeyError,
     NotAnIntegerError,
-    OutOfRangeError,
     SerializationError,
     ShardError,
     ShardUnavailableError,
     key_text,
 )
 from shardcache.locks import Lock
-from shardcache.protocols import LOCKS, SCAN, STATES, TTL, Command, Shard, Stateful, Topology
+from shardcache.protocols import (
+    COMMANDS,
+    LOCKS,
+    SCAN,
+    STATES,
+    TTL,
+    Command,
+    Shard,
+    Stateful,
+    Topology,
+)
 from shardcache.serializers import SERIALIZERS, Serializer
 
 __all__ = ["Cache"]
@@ -68,7 +78,8 @@ class Cache:
     serialize or decompress past ``max_value_size`` bytes (64 MiB) is refused or unreadable.
 
     A value that cannot be decoded is a miss plus a logged warning. With
-    ``ignore_errors=True`` an unreachable shard is too: reads miss, writes return False.
+    ``ignore_errors=True`` an unreachable shard is too: reads miss, writes return False,
+    and one warning per shard per 10 s says so (none with ``log_ignored_errors=False``).
     """
 
     def __init__(
@@ -82,6 +93,7 @@ class Cache:
         signing_secret: Secret | Sequence[Secret] | None = None,
         max_value_size: int = MAX_VALUE_SIZE,
         ignore_errors: bool = False,
+        log_ignored_errors: bool = True,
     ) -> None:
         if not isinstance(topology, Topology):
             raise ConfigurationError(f"{topology!r} does not implement the shard protocol")
@@ -98,6 +110,7 @@ class Cache:
             max_value_size=max_value_size,
         )
         self.ignore_errors = ignore_errors
+        self.log_ignored_errors = log_ignored_errors
         self._quiet_until: dict[str, float] = {}  # shard -> when its failures are logged again
 
     def __repr__(self) -> str:
@@ -136,7 +149,7 @@ class Cache:
         if not self.ignore_errors:
             raise exc
         now = time.monotonic()
-        if now >= self._quiet_until.get(exc.shard, 0.0):
+        if self.log_ignored_errors and now >= self._quiet_until.get(exc.shard, 0.0):
             self._quiet_until[exc.shard] = now + _WARN_EVERY
             logger.warning(
                 "shardcache: %s; ignored (ignore_errors=True), and so are this shard's "
@@ -219,6 +232,21 @@ class Cache:
         px = None if ttl is None else self._px(ttl)
         return (yield from self._run(k, None, dialect.set(k, data, px, True))) is not None
 
+    def replace(self, key: Key, value: Any, ttl: float | None = None) -> bool:
+        """Store ``value`` only if ``key`` exists (atomic); True if stored."""
+        return self._sync(self._replace(key, value, ttl))
+
+    async def areplace(self, key: Key, value: Any, ttl: float | None = None) -> bool:
+        return await self._async(self._replace(key, value, ttl))
+
+    def _replace(self, key: Key, value: Any, ttl: float | None) -> Steps[bool]:
+        k = self.make_key(key)
+        if ttl is not None and ttl <= 0:  # not kept: an existing key goes, as with set
+            return bool((yield from self._run(k, 0, self.dialect.delete((k,)))))
+        data = self.codec.encode(value, k)
+        px = None if ttl is None else self._px(ttl)
+        return (yield from self._run(k, None, self.dialect.replace(k, data, px))) is not None
+
     def delete(self, key: Key) -> bool:
         """Remove ``key``; True if it existed."""
         return self._sync(self._delete(key))
@@ -260,10 +288,8 @@ class Cache:
 
     def _incr(self, key: Key, delta: int, create: bool) -> Steps[int]:
         k = self.make_key(key)
-        if not _INT64_MIN <= delta <= _INT64_MAX:
-            raise OutOfRangeError(f"delta {delta} is outside the servers' 64-bit counters")
-        if self.codec.signed:
-            return (yield from self._incr_signed(key, k, delta, create))
+        if self.codec.signed or not _INT64_MIN <= delta <= _INT64_MAX:
+            return (yield from self._incr_by_swap(key, k, delta, create))
         result: Any
         try:
             shard = self.topology.shard_for(k)
@@ -274,10 +300,11 @@ class Cache:
                     shard, k, self.dialect.incr_existing(k, delta), self.dialect
                 )
         except CommandError as exc:
-            if "overflow" in str(exc):
-                raise OutOfRangeError(f"incr of {key_text(key)} by {delta} would overflow") from exc
-            if "not an integer" in str(exc):
-                raise NotAnIntegerError(f"{key_text(key)} does not hold an integer: {exc}") from exc
+            if "overflow" in str(exc) or "not an integer" in str(exc):
+                # Past the server's 64-bit counters (2**63 stored, or a sum beyond it), or
+                # not an integer at all: Python's integers have no limit, and the swap
+                # path tells the two apart.
+                return (yield from self._incr_by_swap(key, k, delta, create))
             raise
         except ShardUnavailableError as exc:
             self._unavailable(exc, None)
@@ -286,9 +313,10 @@ class Cache:
             raise MissingKeyError(f"key {key_text(key)} not found")
         return int(result)
 
-    def _incr_signed(self, key: Key, k: bytes, delta: int, create: bool) -> Steps[int]:
-        # The server cannot sign, so it cannot add: read and check the signed counter, then
-        # swap in the new one only if nobody changed it meanwhile (else read again).
+    def _incr_by_swap(self, key: Key, k: bytes, delta: int, create: bool) -> Steps[int]:
+        # The server cannot add: it cannot sign, or the numbers are past its 64-bit
+        # counters. Read and check the counter, then swap in the new one only if nobody
+        # changed it meanwhile (else read again).
         deadline = time.monotonic() + _SWAP_BUDGET
         absent = 0
         try:
@@ -366,6 +394,66 @@ class Cache:
             return self._unavailable(exc, False)
         return bool(replies[-1])
 
+    def command(
+        self, name: str | bytes, *args: Any, keys: int = 1, read: bool = False, default: Any = None
+    ) -> Any:
+        """Any Redis command on the shard of its keys, under the failure policy: the first
+        ``keys`` arguments are cache keys (prefixed like every other key, and on one shard),
+        the rest go as they are; the reply is redis-py's, undecoded (``default`` when an
+        unreachable shard is ignored). ``read`` commands may be retried once on a stale
+        connection and go to a replica with replica reads on.
+
+            cache.command("HSET", "user:1", b"name", b"Ada")
+            cache.command("SINTER", "{tags}:a", "{tags}:b", keys=2)
+        """
+        return self._sync(self._command(name, args, keys, read, default))
+
+    async def acommand(
+        self, name: str | bytes, *args: Any, keys: int = 1, read: bool = False, default: Any = None
+    ) -> Any:
+        return await self._async(self._command(name, args, keys, read, default))
+
+    def _command(
+        self, name: str | bytes, args: Sequence[Any], keys: int, read: bool, default: Any
+    ) -> Steps[Any]:
+        self._require(COMMANDS, "command()")
+        if not 1 <= keys <= len(args):
+            raise ValueError(f"command(): keys={keys}, but {len(args)} arguments follow the name")
+        made = [self.make_key(key) for key in args[:keys]]
+        topology = self.topology
+        if len(made) > 1:  # compared on the masters: replica reads pick a replica at random
+            home = topology.shard_for(made[0])
+            if any(topology.shard_for(other) is not home for other in made[1:]):
+                raise CrossSlotError(
+                    f"{name!r}: the keys {[key_text(k) for k in made]} are on different shards "
+                    "(keys sharing a {hash tag} share a cluster slot)"
+                )
+        shard = topology.shard_for(made[0], read=read)
+        command = (name, *made, *args[keys:])
+        try:
+            return (yield Exec(shard, command, made[0], read))
+        except ShardUnavailableError as exc:
+            return self._unavailable(exc, default)
+
+    def redis_client(self, key: Key | None = None) -> Any:
+        """A redis-py client, for what this API does not cover: on the server holding
+        ``key``; without a key, a cluster's own `redis.cluster.RedisCluster`, or the one
+        server or master there is (with several, `ConfigurationError`: pass a key). On a
+        sentinel master it is the master of the moment: get a new one after a failover."""
+        self._require(COMMANDS, "redis_client()")
+        topology = self.topology
+        if key is not None:
+            return topology.shard_for(self.make_key(key)).client()
+        whole = getattr(topology, "redis", None)
+        if whole is not None:
+            return whole()
+        shards = topology.shards()
+        if len(shards) != 1:
+            raise ConfigurationError(
+                f"redis_client(): {len(shards)} servers here; pass the key whose server you want"
+            )
+        return shards[0].client()
+
     def ttl(self, key: Key) -> float | None:
         """Seconds left before ``key`` expires; ``None`` if it never does; 0.0 if it is missing."""
         return self._sync(self._ttl(key))
@@ -387,16 +475,19 @@ class Cache:
         timeout: float | None = None,
         blocking_timeout: float | None = None,
         sleep: float = 0.1,
+        *,
+        blocking: bool = True,
     ) -> Lock:
         """A `Lock` named ``key`` on the shard of ``key``: ``with cache.lock(...)`` or
         ``async with cache.alock(...)``; ``acquire``/``release``/``extend`` and their async
-        twins (``aacquire``...)."""
+        twins (``aacquire``...). ``blocking=False``: `acquire` tries once."""
         self._require(LOCKS, "lock()")
         k = self.make_key(key)
         return Lock(
             self.topology.shard_for(k),
             k,
             timeout=timeout,
+            blocking=blocking,
             blocking_timeout=blocking_timeout,
             sleep=sleep,
         )

@@ -128,16 +128,38 @@ def import_string(dotted: str) -> Any:
         raise ConfigurationError(f"cannot import {dotted!r}: {exc}") from exc
 
 
+# django-redis's serializers and compressors, by the dotted paths its users configure: ours
+# of the same format. (Theirs have another interface, and gzip/lzma have no twin here.)
+DJANGO_REDIS_STRATEGIES = {
+    "django_redis.serializers.pickle.PickleSerializer": "pickle",
+    "django_redis.serializers.json.JSONSerializer": "json",
+    "django_redis.serializers.msgpack.MSGPackSerializer": "msgpack",
+    "django_redis.compressors.zlib.ZlibCompressor": "zlib",
+    "django_redis.compressors.zstd.ZStdCompressor": "zstd",
+    "django_redis.compressors.lz4.Lz4Compressor": "lz4",
+}
+
+
 def resolve_strategy(value: Any, known: Mapping[str, type[T]], kind: str, **init: Any) -> T:
-    """An instance from a short name in ``known``, a dotted path, a class, or an instance."""
+    """An instance from a short name in ``known``, a dotted path, a class, or an instance
+    (django-redis's dotted paths are read as ours of the same format)."""
     if isinstance(value, str):
+        value = DJANGO_REDIS_STRATEGIES.get(value, value)
         if value in known:
             value = known[value]
+        elif value.startswith("django_redis."):
+            raise ConfigurationError(
+                f"{kind} {value!r} is django-redis's, and has no shardcache twin; "
+                f"choose one of {', '.join(sorted(known))}"
+            )
         elif "." in value:
             value = import_string(value)
         else:
             names = ", ".join(sorted(known))
             raise ConfigurationError(f"unknown {kind} {value!r}; choose one of {names} or a path")
     if isinstance(value, type):
-        return value(**init)  # type: ignore[no-any-return]
+        try:
+            return value(**init)  # type: ignore[no-any-return]
+        except TypeError as exc:
+            raise ConfigurationError(f"{kind} {value.__name__} cannot be made: {exc}") from exc
     return value  # type: ignore[no-any-return]

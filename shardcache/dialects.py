@@ -80,6 +80,9 @@ class RedisDialect:
             return (b"SET", key, data, b"NX", b"PX", px)
         return (b"SET", key, data, b"PX", px)
 
+    def replace(self, key: bytes, data: bytes, px: int | None) -> Command:
+        return (b"SET", key, data, b"XX") if px is None else (b"SET", key, data, b"XX", b"PX", px)
+
     def delete(self, keys: Sequence[bytes]) -> Command:
         return (b"DEL", *keys)
 

@@ -9,13 +9,13 @@ catch the library's failures in one clause without catching unrelated bugs::
     ├── InvalidKeyError           a key is not str/bytes, or is empty (also a ValueError)
     ├── MissingKeyError           incr/decr of a key that does not exist (also a ValueError)
     ├── NotAnIntegerError         incr/decr of a value that is not an integer (also a TypeError)
-    ├── OutOfRangeError           incr/decr past the servers' 64-bit counters (also a ValueError)
+    ├── OutOfRangeError           a server refused a counter's delta (also a ValueError)
     ├── SerializationError        a value cannot be encoded, or stored bytes cannot be decoded
     ├── ShardError                a server-side problem on one shard (names the shard and key)
     │   ├── ShardUnavailableError the shard cannot be reached: refused, timed out, pool exhausted
-    │   │   └── RedirectsExhaustedError  a cluster kept redirecting (MOVED/ASK/TRYAGAIN) too long
-    │   ├── CommandError          the shard answered with an error (WRONGTYPE, not an integer...)
-    │   └── SentinelError         no sentinel answers, or none knows the master name
+    │   │   ├── RedirectsExhaustedError  a cluster kept redirecting (MOVED/ASK/TRYAGAIN) too long
+    │   │   └── SentinelError     no sentinel answers, or none knows the master name
+    │   └── CommandError          the shard answered with an error (WRONGTYPE, not an integer...)
     ├── LockError                 a lock could not be acquired, or was released while not held
     │   └── LockNotOwnedError     the lock expired or another holder took it
     ├── CrossSlotError            keys given together span several cluster slots
@@ -38,6 +38,8 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+
+import redis.exceptions
 
 __all__ = [
     "BinaryNotFoundError",
@@ -113,7 +115,8 @@ class NotAnIntegerError(ShardcacheError, TypeError):
 
 
 class OutOfRangeError(ShardcacheError, ValueError):
-    """``incr``/``decr`` by a delta, or to a result, outside the servers' 64-bit counters."""
+    """A server refused a counter's delta. (Integers past the servers' 64-bit counters are
+    no longer refused: `Cache.incr` adds them in Python and swaps the result in.)"""
 
 
 class SerializationError(ShardcacheError, pickle.PickleError):
@@ -139,8 +142,11 @@ class ShardError(ShardcacheError):
         self.key = key
 
 
-class ShardUnavailableError(ShardError):
+class ShardUnavailableError(ShardError, redis.exceptions.ConnectionError):
     """The shard cannot be reached: connection refused or reset, timeout, pool exhausted.
+
+    Also a ``redis.exceptions.ConnectionError``, so code written for redis-py and
+    django-redis (``except redis.exceptions.ConnectionError``) still sees outages.
 
     ``sent`` is False when the command certainly never reached the server (the connection
     could not be made), so retrying it elsewhere cannot apply it twice.
@@ -184,10 +190,15 @@ class RedirectsExhaustedError(ShardUnavailableError):
         super().__init__(message, shard=shard, key=key, sent=False)
 
 
-class SentinelError(ShardError):
-    """The sentinels cannot say who the master is: none reachable, or the name is unknown."""
+class SentinelError(ShardUnavailableError):
+    """The sentinels cannot say who the master is: none reachable, or the name is unknown.
+    No master, no shard: a `ShardUnavailableError` (``ignore_errors`` makes it a miss), and
+    ``sent`` is False, as nothing reached a Redis server."""
 
     sentinel_err = True
+
+    def __init__(self, message: str, *, shard: str = "", key: bytes | str | None = None) -> None:
+        super().__init__(message, shard=shard, key=key, sent=False)
 
 
 class LockError(ShardcacheError):

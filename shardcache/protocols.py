@@ -16,6 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 import redis
 
 __all__ = [
+    "COMMANDS",
     "LOCKS",
     "REDIS_CAPABILITIES",
     "SCAN",
@@ -77,9 +78,11 @@ class Shard(Protocol):
 # guessed from its class): "scripts" (Lua, for the record store and compare-and-set),
 # "scan" (listing keys by pattern: clear by prefix, delete_pattern, iter_keys), "locks"
 # (`Cache.lock`), "ttl" (a key's remaining time to live), "shard_states" (shards that can be
-# ACTIVE, WRITE_ONLY, WARM_UP or DOWN: the topology is `Stateful`).
+# ACTIVE, WRITE_ONLY, WARM_UP or DOWN: the topology is `Stateful`), "commands" (any Redis
+# command on the shard of a key: `Cache.command`, hashes, sets and sorted sets).
 SCRIPTS, SCAN, LOCKS, TTL, STATES = "scripts", "scan", "locks", "ttl", "shard_states"
-REDIS_CAPABILITIES = frozenset({SCRIPTS, SCAN, LOCKS, TTL})
+COMMANDS = "commands"
+REDIS_CAPABILITIES = frozenset({SCRIPTS, SCAN, LOCKS, TTL, COMMANDS})
 
 Command = tuple[Any, ...]
 
@@ -94,6 +97,10 @@ class Dialect(Protocol):
     def get(self, key: bytes) -> Command: ...
     def mget(self, keys: Sequence[bytes]) -> Command: ...
     def set(self, key: bytes, data: bytes, px: int | None, only_if_absent: bool) -> Command: ...
+    def replace(self, key: bytes, data: bytes, px: int | None) -> Command:
+        """Store only if the key exists (the reply is None when it does not)."""
+        ...
+
     def delete(self, keys: Sequence[bytes]) -> Command: ...
     def exists(self, key: bytes) -> Command: ...
     def pexpire(self, key: bytes, px: int) -> Command: ...

@@ -84,11 +84,16 @@ try:
 except ImportError:  # pragma: no cover - hiredis is optional
     _hiredis_pack = HiredisReader = None
 
-# What a RESP2 reply is, as hiredis hands it back (errors aside). Anything else that
-# ``gets()`` returns is its "not enough data yet" marker, whichever object redis-py chose
-# for it (its own private one today, hiredis's False by default): so no marker can ever be
-# taken for a reply, and no private name of redis-py is needed for it.
-REPLY_TYPES = frozenset({bytes, str, int, list, type(None)})
+# What a reply is, as hiredis hands it back (errors aside), RESP2 and RESP3: redis-py 8
+# speaks RESP3, where ZSCORE is a double (float), HGETALL a map (dict) and SMEMBERS a set
+# (a list from hiredis, a set from redis-py's own parser). Anything else that ``gets()``
+# returns is its "not enough data yet" marker, whichever object redis-py chose for it (its
+# own private one today, hiredis's False by default): so no marker is ever taken for a
+# reply, and no private name of redis-py is needed for it. The price: a RESP3 boolean
+# ``#f`` reads as that marker. No command shardcache sends answers one (Lua's false
+# arrives as a null); `Cache.command` users of such a command get a timeout, not a
+# wrong value. A ``#t`` is a reply (True is nobody's marker).
+REPLY_TYPES = frozenset({bytes, str, int, float, list, dict, set, type(None)})
 
 
 def after_failure(
@@ -141,7 +146,7 @@ def read_one(conn: Any) -> Any:
         return conn.read_response()
     while True:
         reply = gets()
-        if reply.__class__ in REPLY_TYPES:
+        if reply.__class__ in REPLY_TYPES or reply is True:
             return reply
         if isinstance(reply, Exception):
             raise reply  # an error reply, or a connection error hiredis handed back
@@ -189,7 +194,7 @@ def read_many(conn: Any, count: int) -> list[Any]:
         reply_types = REPLY_TYPES
         while len(replies) < count:
             reply = gets()
-            if reply.__class__ in reply_types:
+            if reply.__class__ in reply_types or reply is True:
                 replies.append(reply)
             elif isinstance(reply, RedisConnectionError):
                 raise reply
@@ -215,7 +220,7 @@ async def read_many_async(conn: Any, count: int, read_timeout: float | None) -> 
         async with deadline(read_timeout):
             while len(replies) < count:
                 reply = gets()
-                if reply.__class__ in reply_types:
+                if reply.__class__ in reply_types or reply is True:
                     replies.append(reply)
                 elif isinstance(reply, RedisConnectionError):
                     raise reply

@@ -10,9 +10,12 @@ return values the way Django's own backends do; every behaviour lives in `shardc
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import datetime as dt
+import time
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar
 
+from django.conf import settings
 from django.core.cache.backends.base import (
     DEFAULT_TIMEOUT,
     MEMCACHE_MAX_KEY_LENGTH,
@@ -22,14 +25,25 @@ from django.core.cache.backends.base import (
     memcache_key_warnings,
 )
 from django.core.exceptions import ImproperlyConfigured
+from django.utils.module_loading import import_string
 
 from shardcache import Cache, Lock, ShardState
 from shardcache.cache import _glob_escape
 from shardcache.errors import ConfigurationError
 from shardcache.protocols import SCAN
 from shardcache.registry import registry
+from shardcache_django.structures import RedisStructures
 
 __all__ = ["RedisClusterCache", "RedisSentinelCache", "ShardedMemcacheCache", "ShardedRedisCache"]
+
+# django-redis's settings for every cache, applied unless an entry sets its own option.
+_GLOBAL_SWITCHES = {
+    "DJANGO_REDIS_IGNORE_EXCEPTIONS": frozenset({"IGNORE_ERRORS", "IGNORE_EXCEPTIONS"}),
+    "DJANGO_REDIS_LOG_IGNORED_EXCEPTIONS": frozenset(
+        {"LOG_IGNORED_ERRORS", "LOG_IGNORED_EXCEPTIONS"}
+    ),
+}
+_SCAN_COUNT = 1000  # keys per SCAN round trip unless ``itersize`` says otherwise
 
 
 class _ShardcacheCache(BaseCache):
@@ -40,7 +54,15 @@ class _ShardcacheCache(BaseCache):
     def __init__(self, server: Any, params: dict[str, Any]) -> None:
         super().__init__(params)
         self._location = server
-        self._options = dict(params.get("OPTIONS") or {})
+        self._options = options = dict(params.get("OPTIONS") or {})
+        # django-redis's project-wide switches, unless the entry says otherwise.
+        for setting, names in _GLOBAL_SWITCHES.items():
+            if getattr(settings, setting, None) is not None and not names & options.keys():
+                options[min(names)] = bool(getattr(settings, setting))
+        reverse = params.get("REVERSE_KEY_FUNCTION")
+        self.reverse_key_func: Callable[[str], str] | None = (
+            import_string(reverse) if isinstance(reverse, str) else reverse
+        )
         self._core: Cache | None = None
 
     @property
@@ -81,9 +103,26 @@ class _ShardcacheCache(BaseCache):
         return self.core.get(self.make_and_validate_key(key, version), default)
 
     def set(
-        self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: Any = None
-    ) -> None:
-        self.core.set(self.make_and_validate_key(key, version), value, self._ttl(timeout))
+        self,
+        key: Any,
+        value: Any,
+        timeout: Any = DEFAULT_TIMEOUT,
+        version: Any = None,
+        *,
+        nx: bool = False,
+        xx: bool = False,
+    ) -> bool | None:
+        """Django's ``set`` (returns None); with django-redis's ``nx=True`` only if the key
+        is absent, ``xx=True`` only if present, and then whether it was stored."""
+        made = self.make_and_validate_key(key, version)
+        if nx and xx:
+            raise ValueError("set(): nx and xx exclude each other")
+        if nx:
+            return self.core.add(made, value, self._ttl(timeout))
+        if xx:
+            return self.core.replace(made, value, self._ttl(timeout))
+        self.core.set(made, value, self._ttl(timeout))
+        return None
 
     def touch(self, key: Any, timeout: Any = DEFAULT_TIMEOUT, version: Any = None) -> bool:
         return self.core.touch(self.make_and_validate_key(key, version), self._ttl(timeout))
@@ -98,11 +137,19 @@ class _ShardcacheCache(BaseCache):
     def has_key(self, key: Any, version: Any = None) -> bool:
         return self.core.has(self.make_and_validate_key(key, version))
 
-    def incr(self, key: Any, delta: int = 1, version: Any = None) -> int:
-        return self.core.incr(self.make_and_validate_key(key, version), delta)
+    def incr(
+        self, key: Any, delta: int = 1, version: Any = None, *, ignore_key_check: bool = False
+    ) -> int:
+        """Django's ``incr`` (a missing key is a ValueError); with django-redis's
+        ``ignore_key_check=True`` a missing key starts at 0."""
+        made = self.make_and_validate_key(key, version)
+        return self.core.incr(made, delta, create=ignore_key_check)
 
-    def decr(self, key: Any, delta: int = 1, version: Any = None) -> int:
-        return self.core.incr(self.make_and_validate_key(key, version), -delta)
+    def decr(
+        self, key: Any, delta: int = 1, version: Any = None, *, ignore_key_check: bool = False
+    ) -> int:
+        made = self.make_and_validate_key(key, version)
+        return self.core.incr(made, -delta, create=ignore_key_check)
 
     def set_many(
         self, data: dict[Any, Any], timeout: Any = DEFAULT_TIMEOUT, version: Any = None
@@ -111,10 +158,10 @@ class _ShardcacheCache(BaseCache):
         failed = self.core.set_many({k: data[o] for k, o in made.items()}, self._ttl(timeout))
         return [made[k] for k in failed]
 
-    def delete_many(self, keys: Iterable[Any], version: Any = None) -> None:
+    def delete_many(self, keys: Iterable[Any], version: Any = None) -> int:
+        """Delete ``keys``; how many existed (django-redis's answer; Django ignores it)."""
         made = [self.make_and_validate_key(key, version) for key in keys]
-        if made:
-            self.core.delete_many(made)
+        return self.core.delete_many(made) if made else 0
 
     def clear(self) -> None:
         """With a KEY_PREFIX and the default KEY_FUNCTION, only this prefix's keys go; else
@@ -166,11 +213,17 @@ class _ShardcacheCache(BaseCache):
     async def ahas_key(self, key: Any, version: Any = None) -> bool:
         return await self.core.ahas(self.make_and_validate_key(key, version))
 
-    async def aincr(self, key: Any, delta: int = 1, version: Any = None) -> int:
-        return await self.core.aincr(self.make_and_validate_key(key, version), delta)
+    async def aincr(
+        self, key: Any, delta: int = 1, version: Any = None, *, ignore_key_check: bool = False
+    ) -> int:
+        made = self.make_and_validate_key(key, version)
+        return await self.core.aincr(made, delta, create=ignore_key_check)
 
-    async def adecr(self, key: Any, delta: int = 1, version: Any = None) -> int:
-        return await self.core.aincr(self.make_and_validate_key(key, version), -delta)
+    async def adecr(
+        self, key: Any, delta: int = 1, version: Any = None, *, ignore_key_check: bool = False
+    ) -> int:
+        made = self.make_and_validate_key(key, version)
+        return await self.core.aincr(made, -delta, create=ignore_key_check)
 
     async def aset_many(
         self, data: dict[Any, Any], timeout: Any = DEFAULT_TIMEOUT, version: Any = None
@@ -179,10 +232,9 @@ class _ShardcacheCache(BaseCache):
         mapping = {k: data[o] for k, o in made.items()}
         return [made[k] for k in await self.core.aset_many(mapping, self._ttl(timeout))]
 
-    async def adelete_many(self, keys: Iterable[Any], version: Any = None) -> None:
+    async def adelete_many(self, keys: Iterable[Any], version: Any = None) -> int:
         made = [self.make_and_validate_key(key, version) for key in keys]
-        if made:
-            await self.core.adelete_many(made)
+        return await self.core.adelete_many(made) if made else 0
 
     async def aclear(self) -> None:
         if self._clears_by_prefix():
@@ -195,16 +247,43 @@ class _ShardcacheCache(BaseCache):
 
     # --- what django-redis users rely on -----------------------------------------------------
 
-    def ttl(self, key: Any, version: Any = None) -> float | None:
-        """Seconds left; None for a key that never expires; 0 for a missing key."""
-        return self.core.ttl(self.make_and_validate_key(key, version))
+    def ttl(self, key: Any, version: Any = None) -> int | None:
+        """Whole seconds left (rounded, as Redis's TTL); None for a key that never
+        expires; 0 for a missing key."""
+        seconds = self.core.ttl(self.make_and_validate_key(key, version))
+        return None if seconds is None else round(seconds)
 
     def pttl(self, key: Any, version: Any = None) -> int | None:
-        seconds = self.ttl(key, version)
-        return None if seconds is None else int(seconds * 1000)
+        """Milliseconds left; None for a key that never expires; 0 for a missing key."""
+        seconds = self.core.ttl(self.make_and_validate_key(key, version))
+        return None if seconds is None else round(seconds * 1000)
 
     def expire(self, key: Any, timeout: Any, version: Any = None) -> bool:
+        """A new time to live in seconds (None: never expires); True if the key exists."""
         return self.core.expire(self.make_and_validate_key(key, version), self._ttl(timeout))
+
+    def pexpire(self, key: Any, timeout: Any, version: Any = None) -> bool:
+        """A new time to live in milliseconds (``DEFAULT_TIMEOUT``: the cache's default);
+        True if the key exists."""
+        seconds = self._ttl(timeout) if timeout is DEFAULT_TIMEOUT else timeout / 1000
+        return self.core.expire(self.make_and_validate_key(key, version), seconds)
+
+    def expire_at(self, key: Any, when: dt.datetime | float, version: Any = None) -> bool:
+        """Expire at ``when`` (a datetime, or Unix time in seconds); True if the key exists.
+        A time in the past removes the key."""
+        at = when.timestamp() if isinstance(when, dt.datetime) else float(when)
+        return self._expire_in(key, at - time.time(), version)
+
+    def pexpire_at(self, key: Any, when: dt.datetime | float, version: Any = None) -> bool:
+        """`expire_at`, ``when`` a datetime or Unix time in milliseconds."""
+        at = when.timestamp() if isinstance(when, dt.datetime) else float(when) / 1000
+        return self._expire_in(key, at - time.time(), version)
+
+    def _expire_in(self, key: Any, seconds: float, version: Any) -> bool:
+        made = self.make_and_validate_key(key, version)
+        if seconds > 0:
+            return self.core.expire(made, seconds)
+        return self.core.delete(made)
 
     def persist(self, key: Any, version: Any = None) -> bool:
         return self.core.persist(self.make_and_validate_key(key, version))
@@ -216,34 +295,74 @@ class _ShardcacheCache(BaseCache):
         timeout: float | None = None,
         sleep: float = 0.1,
         blocking_timeout: float | None = None,
+        blocking: bool = True,
+        thread_local: bool = True,
     ) -> Lock:
-        return self.core.lock(
-            self.make_and_validate_key(key, version), timeout, blocking_timeout, sleep
-        )
+        """A `shardcache.Lock` (redis-py's arguments). Its token belongs to the `Lock`
+        object, not to a thread: any thread holding the object may release it, as with
+        redis-py's ``thread_local=False``."""
+        made = self.make_and_validate_key(key, version)
+        return self.core.lock(made, timeout, blocking_timeout, sleep, blocking=blocking)
 
-    def _scan(self, search: str, version: Any) -> Iterator[bytes]:
+    def _scan(self, search: str, version: Any, itersize: int | None) -> Iterator[bytes]:
         """The stored keys matching the glob ``search`` (SCAN on every master, never KEYS)."""
         pattern = self.make_key(search, version).encode()
         if self.key_func is default_key_func:  # the prefix is literal, only ``search`` globs
             head = self.make_key("", version).encode()
             pattern = _glob_escape(head) + pattern[len(head) :]
         for shard in self.core.topology.shards():
-            yield from shard.scan(pattern)
+            yield from shard.scan(pattern, itersize or _SCAN_COUNT)
 
-    def iter_keys(self, search: str, version: Any = None) -> Iterator[str]:
-        """Keys matching the glob ``search``, as given to the cache when the default
-        KEY_FUNCTION made them (prefix and version removed), else as stored."""
-        head = self.make_key("", version).encode() if self.key_func is default_key_func else b""
-        for key in self._scan(search, version):
-            yield key[len(head) :].decode()
+    def iter_keys(
+        self, search: str, version: Any = None, itersize: int | None = None
+    ) -> Iterator[str]:
+        """Keys matching the glob ``search``, as given to the cache: the default
+        KEY_FUNCTION's prefix and version are taken off, a custom one is undone by the
+        entry's ``REVERSE_KEY_FUNCTION`` (else the keys come as stored). ``itersize``:
+        keys per SCAN round trip."""
+        reverse = self.reverse_key_func
+        if self.key_func is default_key_func:
+            head = len(self.make_key("", version).encode())
+            for key in self._scan(search, version, itersize):
+                yield key[head:].decode()
+        else:
+            for key in self._scan(search, version, itersize):
+                yield reverse(key.decode()) if reverse else key.decode()
 
     def keys(self, search: str, version: Any = None) -> list[str]:
         return list(self.iter_keys(search, version))
 
-    def delete_pattern(self, pattern: str, version: Any = None) -> int:
+    def delete_pattern(
+        self, pattern: str, version: Any = None, itersize: int | None = None, **_: Any
+    ) -> int:
         """Delete every key matching the glob ``pattern``; return how many."""
-        found = list(self._scan(pattern, version))
+        found = list(self._scan(pattern, version, itersize))
         return self.core.delete_many(found) if found else 0
+
+    @property
+    def client(self) -> RawClients:
+        """django-redis's ``cache.client``, for code that calls ``get_client`` on it."""
+        return RawClients(self)
+
+    def get_redis_client(self, key: Any = None, version: Any = None, *, write: bool = True) -> Any:
+        """A redis-py client: on the server holding ``key`` (as this cache stores it);
+        without a key, the cluster's own `redis.cluster.RedisCluster`, or the one server
+        or master there is (else `ConfigurationError`: pass a key)."""
+        return self.core.redis_client(None if key is None else self.make_key(key, version))
+
+
+class RawClients:
+    """What django-redis's ``cache.client`` offered its users: ``get_client`` and
+    ``make_key``."""
+
+    def __init__(self, backend: _ShardcacheCache) -> None:
+        self._backend = backend
+
+    def get_client(self, write: bool = True, key: Any = None, version: Any = None) -> Any:
+        return self._backend.get_redis_client(key, version, write=write)
+
+    def make_key(self, key: Any, version: Any = None) -> str:
+        return self._backend.make_key(key, version)
 
 
 def _plainly_safe(key: str) -> bool:
@@ -252,19 +371,23 @@ def _plainly_safe(key: str) -> bool:
     return len(key) <= MEMCACHE_MAX_KEY_LENGTH and key.isprintable() and " " not in key
 
 
-class ShardedRedisCache(_ShardcacheCache):
+class _RedisCache(RedisStructures, _ShardcacheCache):
+    """The Redis backends: hashes, sets and sorted sets too."""
+
+
+class ShardedRedisCache(_RedisCache):
     """Independent Redis servers, keys hashed over them (``OPTIONS["HASH"]``)."""
 
     kind = "hashpool"
 
 
-class RedisClusterCache(_ShardcacheCache):
+class RedisClusterCache(_RedisCache):
     """A Redis Cluster (``LOCATION``: startup nodes; ``OPTIONS["READ_FROM_REPLICAS"]``)."""
 
     kind = "cluster"
 
 
-class RedisSentinelCache(_ShardcacheCache):
+class RedisSentinelCache(_RedisCache):
     """Sentinel-managed masters (``LOCATION``: sentinels; ``OPTIONS["MASTERS"]``)."""
 
     kind = "sentinel"

@@ -12,6 +12,13 @@ from shardcache_flask.cache import (
     RedisSentinelCache,
     ShardedMemcacheCache,
     ShardedRedisCache,
+    get_redis_client,
 )
 
-__all__ = ["RedisClusterCache", "RedisSentinelCache", "ShardedMemcacheCache", "ShardedRedisCache"]
+__all__ = [
+    "RedisClusterCache",
+    "RedisSentinelCache",
+    "ShardedMemcacheCache",
+    "ShardedRedisCache",
+    "get_redis_client",
+]

@@ -27,7 +27,13 @@ from shardcache.errors import ConfigurationError
 from shardcache.protocols import SCAN
 from shardcache.registry import registry
 
-__all__ = ["RedisClusterCache", "RedisSentinelCache", "ShardedMemcacheCache", "ShardedRedisCache"]
+__all__ = [
+    "RedisClusterCache",
+    "RedisSentinelCache",
+    "ShardedMemcacheCache",
+    "ShardedRedisCache",
+    "get_redis_client",
+]
 
 _OWN = "CACHE_SHARDCACHE_"
 _LOCATION_KEYS = {"SERVERS", "MASTERS"}  # ours, but not OPTIONS
@@ -253,3 +259,14 @@ class ShardedMemcacheCache(_ShardcacheBackend):
     def update_shard_states(self, states: list[ShardState | str]) -> None:
         """Change the shards' states, e.g. ``cache.cache.update_shard_states([...])``."""
         self.core.update_shard_states(states)
+
+
+def get_redis_client(cache: Any, key: str | None = None) -> Any:
+    """A redis-py client behind a Flask-Caching ``Cache`` (or its backend) configured with a
+    shardcache Redis backend: on the server holding ``key`` (with ``CACHE_KEY_PREFIX``, as
+    the cache stores it); without a key, the cluster's own client, or the one server or
+    master there is."""
+    backend = getattr(cache, "cache", cache)
+    if not isinstance(backend, _ShardcacheBackend):
+        raise TypeError(f"{type(backend).__name__} is not a shardcache backend")
+    return backend.core.redis_client(key)

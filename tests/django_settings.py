@@ -13,6 +13,7 @@ INSTALLED_APPS = [
     "django.contrib.auth",
     "shardcache_django",
     "shardcache_django.records",
+    "example_project.shop",  # the example site's templates (tests/test_examples.py)
 ]
 _DB = os.path.join(tempfile.gettempdir(), f"shardcache-tests-{os.getpid()}.sqlite3")
 DATABASES = {

@@ -12,7 +12,14 @@ from typing import Any
 import pytest
 import redis
 
-from shardcache import Cache, CommandError, SentinelClient, SentinelError, ShardError
+from shardcache import (
+    Cache,
+    CommandError,
+    SentinelClient,
+    SentinelError,
+    ShardcacheError,
+    ShardError,
+)
 from shardcache.registry import Registry
 from shardcache.testing import RedisSentinel, pick_port, wait_until
 from tests.cache_contract import CacheContract, RawClient
@@ -194,14 +201,19 @@ class Traffic:
                         self.stale += 1
                     else:
                         self.across_switch += 1
-            except redis.RedisError:
-                raise
+            except redis.RedisError as exc:
+                if not isinstance(exc, ShardcacheError):
+                    raise  # redis-py's own error escaped: a bug (ours are RedisErrors too)
+                self._count_error()
             except Exception:
-                now = time.monotonic()
-                self.first_error = self.first_error or now
-                self.last_error = now
-                self.errors += 1
-                time.sleep(0.01)
+                self._count_error()
+
+    def _count_error(self) -> None:
+        now = time.monotonic()
+        self.first_error = self.first_error or now
+        self.last_error = now
+        self.errors += 1
+        time.sleep(0.01)
 
     def __enter__(self) -> Traffic:
         self.workers = [threading.Thread(target=self.run, args=(i,)) for i in range(self.threads)]

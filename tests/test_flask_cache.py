@@ -304,6 +304,8 @@ def test_no_module_path_says_cachelib() -> None:
 
     for name in shardcache_flask.__all__:
         backend = getattr(shardcache_flask, name)
+        if not isinstance(backend, type):
+            continue  # get_redis_client
         assert "cachelib" not in f"{backend.__module__}.{backend.__qualname__}"
         assert issubclass(backend, flask_caching.backends.base.BaseCache)
 

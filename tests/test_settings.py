@@ -36,6 +36,7 @@ VALUES: dict[str, tuple[Any, Any]] = {
     "FAILOVER_PAUSE": (1.5, "soon"),
     "RETRY_TIMEOUT": (1, -2),
     "IGNORE_ERRORS": (True, "yes"),
+    "LOG_IGNORED_ERRORS": (False, "no"),
     "READ_FROM_REPLICAS": (False, "no"),
     "INVALIDATE_NON_ACTIVE": (1, 2),
     "SERIALIZER": ("json", "yaml"),
@@ -78,7 +79,7 @@ def test_each_option_takes_a_good_value_and_names_itself_on_a_bad_one(kind: str,
 
 @pytest.mark.parametrize("alias", sorted(ALIASES))
 def test_aliases_from_django_redis_are_understood(alias: str) -> None:
-    value = True if ALIASES[alias] == "IGNORE_ERRORS" else 2
+    value = True if ALIASES[alias] in ("IGNORE_ERRORS", "LOG_IGNORED_ERRORS") else 2
     settings, found = read_settings("hashpool", LOCATIONS["hashpool"], {alias: value})
     assert found == []
     assert settings.options == {ALIASES[alias]: value}

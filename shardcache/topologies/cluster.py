@@ -48,6 +48,9 @@ __all__ = ["Binding", "Cluster", "ClusterNode"]
 # After a node failed, the slot map is re-read to see whether a failover moved its slots, but
 # not more often than this (seconds): a dead node's callers would otherwise each read it.
 MAP_MAX_AGE_ON_FAILURE = 0.1
+# And while the map still names the failed node, its replicas are asked whether one was
+# promoted, at most this often (seconds): a ROLE round trip, so a promotion is seen at once.
+REPLICA_PROBE_EVERY = 0.01
 
 
 # Multi-key commands that can be split into one command per key: (the one-key command,
@@ -146,6 +149,7 @@ class Cluster:
         self._nodes_lock = threading.Lock()
         self._refresh_lock = threading.Lock()
         self._refreshed_at = 0.0
+        self._probed_at = 0.0
         self._map = _SlotMap((None,) * CLUSTER_SLOTS, ((),) * CLUSTER_SLOTS)
         self._map_lock = threading.Lock()  # patches from concurrent MOVED replies in turn
         self._slot_memo: dict[bytes, int] = {}
@@ -189,10 +193,11 @@ class Cluster:
                 found = self._nodes[(address, readonly)] = ClusterNode(self, shard)
             return found
 
-    def refresh(self, *, unless_newer_than: float = 0.0) -> None:
+    def refresh(self, *, unless_newer_than: float = 0.0, first: str | None = None) -> None:
         """Re-read the slot map from the first node that answers (CLUSTER SHARDS, or CLUSTER
-        SLOTS on servers before 7.0). Concurrent callers share one refresh; with
-        ``unless_newer_than``, a map read that many seconds ago or less is kept."""
+        SLOTS on servers before 7.0), asking node ``first`` first. Concurrent callers share
+        one refresh; with ``unless_newer_than``, a map read that many seconds ago or less
+        is kept."""
         requested = time.monotonic()
         if unless_newer_than and requested - self._refreshed_at < unless_newer_than:
             return
@@ -201,7 +206,8 @@ class Cluster:
                 return  # another thread refreshed while we waited
             known = [m for m in dict.fromkeys(self._map.masters) if m]
             errors: list[str] = []
-            for address in dict.fromkeys([*known, *self._startup]):
+            asked = [first] if first else []
+            for address in dict.fromkeys([*asked, *known, *self._startup]):
                 try:
                     new_map = self._read_map(self.node(address))
                 except (ShardError, ValueError, KeyError, IndexError) as exc:
@@ -328,9 +334,13 @@ class Cluster:
             }
             if self._template.get("connection_class") is redis.SSLConnection:
                 options["ssl"] = True
-            self._redis = redis.cluster.RedisCluster(
-                host=host, port=int(port), read_from_replicas=self.read_from_replicas, **options
-            )
+            if self.read_from_replicas:  # redis-py >= 5.3 names it a balancing strategy
+                strategy = getattr(redis.cluster, "LoadBalancingStrategy", None)
+                if strategy is None:
+                    options["read_from_replicas"] = True
+                else:
+                    options["load_balancing_strategy"] = strategy.ROUND_ROBIN
+            self._redis = redis.cluster.RedisCluster(host=host, port=int(port), **options)
         return self._redis
 
     # --- the retrying execution path --------------------------------------------------------
@@ -424,8 +434,33 @@ class Cluster:
             self.refresh(unless_newer_than=MAP_MAX_AGE_ON_FAILURE)
         target = self._route(number, read)
         if target is failed or target.shard.breaker.is_open:
-            raise error
+            # The other nodes learn of a promotion by gossip, the promoted replica at once:
+            # ask the slot's replicas (cheaply, and not too often) whether one is master now.
+            promoted = self._promoted_replica(number)
+            if promoted is None:
+                raise error
+            with contextlib.suppress(ShardUnavailableError):
+                self.refresh(first=promoted)
+            target = self._route(number, read)
+            if target is failed or target.shard.breaker.is_open:
+                raise error
         return target
+
+    def _promoted_replica(self, number: int) -> str | None:
+        """A replica of slot ``number`` that says it is a master now (ROLE); None if none
+        does, or if the replicas were asked less than `REPLICA_PROBE_EVERY` seconds ago."""
+        now = time.monotonic()
+        if now - self._probed_at < REPLICA_PROBE_EVERY:
+            return None
+        self._probed_at = now
+        for address in self._map.replicas[number]:
+            try:
+                role = self.node(address).shard.execute(b"ROLE")
+            except ShardError:
+                continue
+            if role and role[0] in (b"master", "master"):
+                return address
+        return None
 
     # --- the shard protocol --------------------------------------------------------------------
 

@@ -68,6 +68,7 @@ class Op(enum.Enum):
     GET_MULTI = "get_multi"  # *keys
     SET = "set"  # key, data, expiration ms or None
     ADD = "add"  # key, data, expiration ms or None
+    REPLACE = "replace"  # key, data, expiration ms or None
     DELETE = "delete"  # *keys
     TOUCH = "touch"  # key, expiration ms or None (never)
     EXISTS = "exists"  # key
@@ -92,6 +93,9 @@ class MemcacheDialect:
 
     def set(self, key: bytes, data: bytes, px: int | None, only_if_absent: bool) -> Command:
         return (Op.ADD if only_if_absent else Op.SET, key, data, px)
+
+    def replace(self, key: bytes, data: bytes, px: int | None) -> Command:
+        return (Op.REPLACE, key, data, px)
 
     def delete(self, keys: Sequence[bytes]) -> Command:
         return (Op.DELETE, *keys)
@@ -215,6 +219,11 @@ class MemcacheShard:
         self._check(response, key)
         return True if response.ok else None
 
+    def _replace(self, key: bytes, value: bytes, px: int | None) -> bool | None:
+        response = self.memcache.replace(Item(key, value, expiration=_expiration(px)))
+        self._check(response, key)
+        return True if response.ok else None
+
     def set_many(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
         """`Op.SET` commands as one pipelined memcache request."""
         items = [Item(c[1], c[2], expiration=_expiration(c[3])) for c in commands]
@@ -304,6 +313,7 @@ class MemcacheShard:
         Op.GET_MULTI: _get_multi,
         Op.SET: _set,
         Op.ADD: _add,
+        Op.REPLACE: _replace,
         Op.DELETE: _delete,
         Op.TOUCH: _touch,
         Op.EXISTS: _exists,
