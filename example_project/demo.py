@@ -253,6 +253,18 @@ def jobs(site: Http, env: dict[str, str]) -> str:
     return "3 jobs queued, 2 claimed under leases, 5 changes in the feed"
 
 
+def cache_info(env: dict[str, str]) -> str:
+    """``manage.py shardcache_cache info``: every server of every cache, as the site sees it."""
+    print(_indent(manage(env, "shardcache_cache", "info")))
+    rows = [
+        json.loads(line) for line in manage(env, "shardcache_cache", "info", "--json").splitlines()
+    ]
+    down = [row["address"] for row in rows if not row["reachable"]]
+    if down:
+        raise AssertionError(f"unreachable: {down}")
+    return f"manage.py shardcache_cache info: {len(rows)} servers in 4 caches, all reachable"
+
+
 def _indent(text: str) -> str:
     return "\n".join("          " + line for line in text.rstrip().splitlines())
 
@@ -318,6 +330,7 @@ def main() -> int:
                     f"flask     RedisClusterCache   /quote/ (@cached, @memoize) p50 "
                     f"{statistics.median(quotes) * 1000:.1f} ms p99 {quotes[-2] * 1000:.1f} ms\n"
                 )
+                results.append(step("cache info", lambda: cache_info(env)))
                 results.append(step("sentinel failover", lambda: failover(site, local, servers)))
                 results.append(step("memcache states", lambda: memcache_states(site, servers)))
                 results.append(step("record store", lambda: jobs(site, env)))

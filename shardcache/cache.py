@@ -45,6 +45,7 @@ from shardcache.protocols import (
     Topology,
 )
 from shardcache.serializers import SERIALIZERS, Serializer
+from shardcache.stats import KeyLocation, ShardReport
 
 __all__ = ["Cache"]
 
@@ -434,6 +435,36 @@ class Cache:
             return (yield Exec(shard, command, made[0], read))
         except ShardUnavailableError as exc:
             return self._unavailable(exc, default)
+
+    def stats(self) -> list[ShardReport]:
+        """A `shardcache.stats.ShardReport` of every server of the topology (replicas too):
+        reachable or not, the round trip, keys, memory, hits, misses, evictions, the
+        breaker, and the slots, sentinel name or memcache state it serves."""
+        reports = getattr(self.topology, "reports", None)
+        if reports is None:
+            raise ConfigurationError(f"{type(self.topology).__name__} gives no stats")
+        return list(reports())
+
+    def where(self, key: Key) -> KeyLocation:
+        """Where ``key`` lives (`shardcache.stats.KeyLocation`): the shard and server its
+        stored key routes to, its cluster slot, and whether the server holds it, with its
+        time to live and stored size."""
+        k = self.make_key(key)
+        shard = self.topology.shard_for(k)
+        leaf = getattr(shard, "leaf", None)
+        server = leaf() if callable(leaf) else None
+        slot = getattr(self.topology, "slot", None)
+        raw = self._sync(self._run(k, None, self.dialect.get(k), read=True))
+        ttl = self.ttl(key) if raw is not None and TTL in self.topology.capabilities else None
+        return KeyLocation(
+            key=k.decode(errors="backslashreplace"),
+            shard=shard.id,
+            address=getattr(server, "id", shard.id),
+            slot=slot(k) if callable(slot) else None,
+            exists=raw is not None,
+            ttl=ttl,
+            size=None if raw is None else len(raw),
+        )
 
     def redis_client(self, key: Key | None = None) -> Any:
         """A redis-py client, for what this API does not cover: on the server holding

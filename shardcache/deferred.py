@@ -14,6 +14,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from shardcache.errors import ClosedError, ShardError, ShardUnavailableError
 from shardcache.protocols import Dialect, Shard, Topology
@@ -81,6 +82,9 @@ class Deferred:
 
     def shards(self) -> Sequence[Shard]:
         return self.real().shards()
+
+    def reports(self) -> list[Any]:
+        return self.real().reports()  # type: ignore[attr-defined,no-any-return]
 
     @property
     def closed(self) -> bool:

@@ -408,3 +408,10 @@ class ShardedMemcacheCache(_ShardcacheCache):
         """Change the shards' states at run time (e.g. ``caches["mc"].update_shard_states``):
         every thread and request of this process sees them on its next call."""
         self.core.update_shard_states(states)
+
+
+# The backend of each topology kind (the kinds of `shardcache.registry`).
+BACKENDS: dict[str, type[_ShardcacheCache]] = {
+    backend.kind: backend
+    for backend in (ShardedRedisCache, RedisClusterCache, RedisSentinelCache, ShardedMemcacheCache)
+}

@@ -95,6 +95,10 @@ class _ShardcacheBackend(BaseCache):
             if name.startswith(_OWN) and name[len(_OWN) :] not in _LOCATION_KEYS:
                 options[name[len(_OWN) :]] = value
         location = cls.location_from(config, options) or list(args)
+        if "shardcache" not in app.cli.commands:
+            from shardcache_flask.cli import group
+
+            app.cli.add_command(group)
         return cls(
             location,
             options,

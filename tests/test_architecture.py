@@ -169,7 +169,10 @@ def test_redis_topologies_have_no_shard_states(clean_redis_pool_servers: Standal
 # --- every public call has its async twin -------------------------------------------------
 
 # redis_client does no I/O: it hands out redis-py's (sync) client for the key's server.
-SYNC_ONLY = {"make_key", "close", "update_shard_states", "alock", "redis_client"}
+# stats is for operators (a command, a metrics scrape), not for request paths.
+SYNC_ONLY = {"make_key", "close", "update_shard_states", "alock", "redis_client", "stats"} | {
+    "where"
+}
 
 
 def test_every_public_cache_method_has_an_async_twin() -> None:

@@ -20,13 +20,10 @@ from django.test import override_settings
 import shardcache_django
 from shardcache import CrossSlotError, ShardUnavailableError
 from shardcache.testing import RedisCluster, RedisSentinel, StandaloneRedis
+from shardcache_django.cache import BACKENDS as DJANGO_BACKENDS
 
 BACKENDS = ["hashpool", "cluster", "sentinel"]
-_CLASS = {
-    "hashpool": "ShardedRedisCache",
-    "cluster": "RedisClusterCache",
-    "sentinel": "RedisSentinelCache",
-}
+_CLASS = {kind: backend.__name__ for kind, backend in DJANGO_BACKENDS.items()}
 
 
 def reverse_of(key: str) -> str:

@@ -38,15 +38,11 @@ from shardcache.testing import (
     StandaloneRedis,
 )
 from shardcache.testing._process import ServerProcess
+from shardcache_django.cache import BACKENDS
 
 KINDS = ["hashpool", "cluster", "sentinel", "memcache"]
 APIS = ["Cache", "Cache-async", "Django", "Flask"]
-BACKEND = {
-    "hashpool": "ShardedRedisCache",
-    "cluster": "RedisClusterCache",
-    "sentinel": "RedisSentinelCache",
-    "memcache": "ShardedMemcacheCache",
-}
+BACKEND = {kind: backend.__name__ for kind, backend in BACKENDS.items()}
 SLACK = 1.0  # scheduling on a busy 2-core machine; far below what a wrong timeout would cost
 
 

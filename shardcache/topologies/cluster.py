@@ -41,6 +41,7 @@ from shardcache.errors import (
 from shardcache.hashing import CLUSTER_SLOTS, slot
 from shardcache.lifecycle import forget_after_fork
 from shardcache.protocols import REDIS_CAPABILITIES, Dialect, Shard
+from shardcache.stats import ShardReport, redis_report
 from shardcache.topologies.redirects import Redirect, RedirectPolicy, is_tryagain
 
 __all__ = ["Binding", "Cluster", "ClusterNode"]
@@ -496,6 +497,29 @@ class Cluster:
     def shards(self) -> list[ClusterNode]:
         """Every master."""
         return [self.node(address) for address in dict.fromkeys(self._map.masters) if address]
+
+    def reports(self) -> list[ShardReport]:
+        """A `ShardReport` of every node, masters with their slot ranges, then replicas."""
+        ranges: dict[str, list[list[int]]] = {}
+        for number, owner in enumerate(self._map.masters):
+            if owner is None:
+                continue
+            runs = ranges.setdefault(owner, [])
+            if runs and runs[-1][1] == number - 1:
+                runs[-1][1] = number
+            else:
+                runs.append([number, number])
+        replicas: dict[str, str] = {}
+        for number, copies in enumerate(self._map.replicas):
+            for copy in copies:
+                replicas.setdefault(copy, self._map.masters[number] or "")
+        found = []
+        for address, runs in ranges.items():
+            slots = ",".join(f"{low}-{high}" if low != high else str(low) for low, high in runs)
+            found.append(redis_report(self.node(address).shard, group=f"slots {slots}"))
+        for address, master in replicas.items():
+            found.append(redis_report(self.node(address).shard, group=f"replica of {master}"))
+        return found
 
     def close(self) -> None:
         """Close every connection to every node, sync and asyncio; later calls raise

@@ -16,6 +16,7 @@ from shardcache.dialects import REDIS
 from shardcache.errors import ConfigurationError
 from shardcache.hashing import HashFunction, Selector, make_selector
 from shardcache.protocols import REDIS_CAPABILITIES, Dialect, Shard
+from shardcache.stats import ShardReport, redis_report
 
 __all__ = ["HashPool"]
 
@@ -168,6 +169,10 @@ class HashPool:
 
     def shards(self) -> list[RedisShard]:
         return list(self._shards)
+
+    def reports(self) -> list[ShardReport]:
+        """A `ShardReport` of every server."""
+        return [redis_report(shard) for shard in self._shards]
 
     @property
     def closed(self) -> bool:

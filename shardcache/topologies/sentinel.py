@@ -46,6 +46,7 @@ from shardcache.errors import (
 from shardcache.hashing import HashFunction, Selector, make_selector
 from shardcache.lifecycle import forget_after_fork
 from shardcache.protocols import REDIS_CAPABILITIES, Dialect, PendingBatch, Shard
+from shardcache.stats import ShardReport, redis_report
 
 __all__ = ["SentinelClient", "SentinelMaster", "SentinelReplicaReads"]
 
@@ -386,7 +387,9 @@ class SentinelClient:
             addresses = self._discover_replicas(name)
         if not addresses:
             return None
-        address = random.choice(addresses)
+        return self._replica_shard(random.choice(addresses))
+
+    def _replica_shard(self, address: str) -> RedisShard:
         shard = self._replicas.get(address)
         if shard is None:
             with self._lock:
@@ -559,6 +562,22 @@ class SentinelClient:
 
     def shards(self) -> list[SentinelMaster]:
         return list(self._masters)
+
+    def reports(self) -> list[ShardReport]:
+        """A `ShardReport` of every name's master and replicas (``group``: the name, and
+        what the sentinels say the master is)."""
+        found = []
+        for name in self.names:
+            try:
+                seen = ":".join(map(str, self.ask(name)[0]))
+            except ShardError as exc:
+                seen = f"no answer ({exc})"
+            master = self.current(name)
+            found.append(redis_report(master, group=f"{name} (sentinels: {seen})"))
+            for address in self._discover_replicas(name):
+                replica = self._replica_shard(address)
+                found.append(redis_report(replica, group=f"{name} replica"))
+        return found
 
 
 class SentinelMaster:

@@ -31,6 +31,7 @@ from shardcache.errors import (
     ShardUnavailableError,
 )
 from shardcache.protocols import STATES, TTL, Dialect, Shard
+from shardcache.stats import ShardReport, memcache_report
 from shardcache.topologies.memcache.client import ShardedMemcacheClient
 from shardcache.topologies.memcache.model import (
     NO_EXPIRATION_INCR,
@@ -398,6 +399,23 @@ class MemcacheTopology:
 
     def shards(self) -> list[Shard]:
         return [self._shard(h.index, h.address) for h in self.client.manager.get_all_shards()]
+
+    def reports(self) -> list[ShardReport]:
+        """A `ShardReport` of every memcached, with its state; one that failed lately (its
+        breaker open) is reported without being dialled."""
+        found = []
+        now = time.monotonic()
+        for handle in self.client.manager.get_all_shards():
+            healthy = handle.unhealthy_until <= now
+            found.append(
+                memcache_report(
+                    handle.address,
+                    handle.state.value,
+                    healthy,
+                    lambda h=handle: self.client.call(h, "stats"),  # type: ignore[misc]
+                )
+            )
+        return found
 
     def update_shard_states(self, states: Sequence[Any]) -> None:
         """Give the shards new states at run time (`ShardManager.update_shard_states`)."""
