@@ -11,6 +11,7 @@ they share one topology per process through `shardcache.registry`.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -35,6 +36,7 @@ from shardcache.hashing import make_selector
 from shardcache.protocols import Topology
 from shardcache.serializers import SERIALIZERS, PickleSerializer
 from shardcache.topologies.memcache import crc32_shard_func
+from shardcache.topologies.memcache.states_file import StatesFile
 
 __all__ = [
     "ALIASES",
@@ -75,6 +77,7 @@ OPTIONS: dict[str, frozenset[str]] = {
         CODEC_OPTIONS
         | {"CONNECT_TIMEOUT", "SOCKET_TIMEOUT", "MAX_CONNECTIONS"}
         | {"SHARD_STATES", "SHARD_FUNC", "RETRY_TIMEOUT", "INVALIDATE_NON_ACTIVE"}
+        | {"SHARD_STATES_FILE"}
     ),
 }
 
@@ -180,6 +183,13 @@ def _number(kind: type, low: float, *, above: bool = False) -> Any:
     return convert
 
 
+def _directory_of_file(value: Any) -> str:
+    path = str(os.fspath(value))
+    if not path or not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+        raise ValueError
+    return path
+
+
 def _flag(value: Any) -> bool:
     if isinstance(value, bool) or value in (0, 1):
         return bool(value)
@@ -202,6 +212,7 @@ _TYPED: dict[str, tuple[Any, str]] = {
     "LOG_IGNORED_ERRORS": (_flag, "True or False"),
     "READ_FROM_REPLICAS": (_flag, "True or False"),
     "INVALIDATE_NON_ACTIVE": (_flag, "True or False"),
+    "SHARD_STATES_FILE": (_directory_of_file, "a file path in an existing directory"),
 }
 
 
@@ -416,7 +427,10 @@ def build_topology(settings: Settings) -> Topology:
     client = ShardedMemcacheClient(
         manager, invalidate_non_active=o.get("INVALIDATE_NON_ACTIVE", False)
     )
-    return MemcacheTopology(client)
+    shared = o.get("SHARD_STATES_FILE")
+    return MemcacheTopology(
+        client, states_file=None if shared is None else StatesFile(shared, manager)
+    )
 
 
 def build_cache(topology: Topology, settings: Settings, *, prefix: str = "") -> Cache:

@@ -4,6 +4,7 @@
     flask shardcache info [--json]        every server of each shardcache cache
     flask shardcache where KEY [--json]   the server that holds KEY (with CACHE_KEY_PREFIX)
     flask shardcache states [--json]      memcache shard states
+    flask shardcache states set ADDRESS STATE [--source S]   for every process
     flask shardcache clear [--yes]        this prefix's keys (memcache: everything)
 """
 
@@ -79,9 +80,19 @@ def where(key: str, as_json: bool) -> None:
 
 
 @group.command()
+@click.argument("change", nargs=-1)
+@click.option("--source", default=None, help="WARM_UP: the shard to read through")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per line")
-def states(as_json: bool) -> None:
-    """The memcache shards' states."""
+def states(change: tuple[str, ...], source: str | None, as_json: bool) -> None:
+    """The memcache shards' states; ``set ADDRESS STATE`` changes one for every process
+    sharing CACHE_SHARDCACHE_SHARD_STATES_FILE."""
+    if change:
+        if len(change) != 3 or change[0] != "set":
+            raise click.UsageError("expected: states set ADDRESS STATE [--source ADDRESS]")
+        memcaches = [b for b in _ours() if STATES in b.core.topology.capabilities]
+        if len(memcaches) != 1:
+            raise click.ClickException(f"{len(memcaches)} memcache caches: cannot choose")
+        memcaches[0].core.topology.share_shard_state(change[1], change[2], source)
     for backend in _ours():
         if STATES not in backend.core.topology.capabilities:
             continue

@@ -176,3 +176,66 @@ def test_the_flask_cli(
     assert cleared.exit_code == 0, cleared.output
     with app.app_context():
         assert cache.get("k") is None
+
+
+CHILD = """
+import json, sys, time, django
+from django.conf import settings
+settings.configure(
+    INSTALLED_APPS=["shardcache_django"],
+    CACHES={"memcache": json.loads(sys.argv[1])},
+)
+django.setup()
+from django.core.cache import caches
+cache = caches["memcache"]
+deadline = time.time() + 30
+while time.time() < deadline:
+    cache.set("routed", "here", 60)
+    print(time.time(), "hit" if cache.get("routed") == "here" else "miss", flush=True)
+    time.sleep(0.02)
+"""
+
+
+def test_states_set_in_one_process_reroutes_another_within_a_second(
+    clean_memcached_servers: MemcachedServers, tmp_path: Any
+) -> None:
+    import subprocess
+    import sys
+    import time
+
+    entry = {
+        "BACKEND": "shardcache_django.cache.ShardedMemcacheCache",
+        "LOCATION": clean_memcached_servers.addresses,
+        "OPTIONS": {"SHARD_STATES_FILE": str(tmp_path / "states.json")},
+    }
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, json.dumps(entry)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().split()[1] == "hit"  # running, routed to its shard
+        with override_settings(CACHES={"memcache": entry}):
+            made = caches["memcache"].make_and_validate_key("routed")
+            address = caches["memcache"].core.where(made).address
+            changed = time.time()
+            _run("states", "set", address, "DOWN", "--alias", "memcache")
+            down = {row["address"]: row["state"] for row in _lines("states")}
+            assert down[address] == "DOWN"
+        for line in child.stdout:
+            stamp, outcome = line.split()
+            if float(stamp) > changed and outcome == "miss":
+                took = float(stamp) - changed
+                break
+        else:
+            raise AssertionError("the other process never saw the shard go DOWN")
+        assert took < 1.0, f"the other process saw it after {took:.2f}s"
+        with (
+            override_settings(CACHES={"memcache": entry}),
+            pytest.raises(CommandError, match="no memcache shard"),
+        ):
+            _run("states", "set", "127.0.0.1:1", "DOWN")
+    finally:
+        child.kill()
+        child.wait(10)

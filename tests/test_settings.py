@@ -3,6 +3,8 @@ option for each bad value (never a ValueError at the first request)."""
 
 from __future__ import annotations
 
+import os
+import tempfile
 from typing import Any
 
 import pytest
@@ -39,6 +41,7 @@ VALUES: dict[str, tuple[Any, Any]] = {
     "LOG_IGNORED_ERRORS": (False, "no"),
     "READ_FROM_REPLICAS": (False, "no"),
     "INVALIDATE_NON_ACTIVE": (1, 2),
+    "SHARD_STATES_FILE": (os.path.join(tempfile.gettempdir(), "states.json"), "/no/such/dir/s"),
     "SERIALIZER": ("json", "yaml"),
     "COMPRESSOR": ("zlib", "brotli"),
     "SIGNING_SECRET": (["a newer secret!!", "an older secret!"], "short"),

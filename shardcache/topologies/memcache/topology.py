@@ -40,9 +40,11 @@ from shardcache.topologies.memcache.model import (
     Item,
     MemcachedState,
     MutateResponse,
+    ShardState,
     Status,
     validate_key,
 )
+from shardcache.topologies.memcache.states_file import StatesFile
 
 __all__ = ["MEMCACHE", "MemcacheDialect", "MemcacheShard", "MemcacheTopology", "Op"]
 
@@ -358,9 +360,14 @@ class MemcacheTopology:
     capabilities: frozenset[str] = frozenset({TTL, STATES})
     dialect: Dialect = MEMCACHE
 
-    def __init__(self, client: ShardedMemcacheClient) -> None:
+    def __init__(
+        self, client: ShardedMemcacheClient, *, states_file: StatesFile | None = None
+    ) -> None:
         self.client = client
         self._shards: dict[tuple[int, str], MemcacheShard] = {}
+        # Shared states: every call looks (at most every 0.25 s) whether the file changed.
+        self.states_file = states_file
+        self._poll = states_file.poll if states_file is not None else _nothing
 
     def __repr__(self) -> str:
         if self.closed:
@@ -375,6 +382,7 @@ class MemcacheTopology:
 
     def shard_for(self, key: bytes, *, read: bool = False) -> Shard:
         validate_key(key)  # before any I/O, whatever the command (`InvalidKeyError`)
+        self._poll()
         handle = self.client.manager.get_shard(key)
         # An unmapped key still needs a shard object: the client answers it with an error.
         return (
@@ -387,6 +395,7 @@ class MemcacheTopology:
         keys = list(keys)
         for key in keys:  # all of them before any I/O: no half-done set_many
             validate_key(key)
+        self._poll()
         groups: dict[Shard, list[list[bytes]]] = {}
         for handle, run in self.client.manager.get_shards_for_keys(keys).items():
             shard = (
@@ -398,12 +407,14 @@ class MemcacheTopology:
         return groups
 
     def shards(self) -> list[Shard]:
+        self._poll()
         return [self._shard(h.index, h.address) for h in self.client.manager.get_all_shards()]
 
     def reports(self) -> list[ShardReport]:
         """A `ShardReport` of every memcached, with its state; one that failed lately (its
         breaker open) is reported without being dialled."""
         found = []
+        self._poll()
         now = time.monotonic()
         for handle in self.client.manager.get_all_shards():
             healthy = handle.unhealthy_until <= now
@@ -417,6 +428,31 @@ class MemcacheTopology:
             )
         return found
 
+    def share_shard_state(
+        self, address: str, state: MemcachedState | str, warm_source: str | None = None
+    ) -> list[ShardState]:
+        """Give shard ``address`` a new state in every process that shares this topology's
+        states file (``SHARD_STATES_FILE``), this one included; the new list."""
+        if self.states_file is None:
+            raise ConfigurationError(
+                "no shared states: set OPTIONS['SHARD_STATES_FILE'] (the same path in every "
+                "process) so that running processes see the change"
+            )
+        wanted = MemcachedState(str(getattr(state, "value", state)).upper())
+        current = [
+            ShardState(h.address, h.state, h.warm_source.address if h.warm_source else None)
+            for h in self.client.manager.get_all_shards()
+        ]
+        if address not in {s.address for s in current}:
+            known = ", ".join(s.address for s in current)
+            raise ConfigurationError(f"no memcache shard {address!r} here (known: {known})")
+        states = [
+            ShardState(address, wanted, warm_source) if s.address == address else s for s in current
+        ]
+        self.states_file.write(self.states_file.path, states)
+        self.client.manager.update_shard_states(states)
+        return states
+
     def update_shard_states(self, states: Sequence[Any]) -> None:
         """Give the shards new states at run time (`ShardManager.update_shard_states`)."""
         self.client.manager.update_shard_states(list(states))
@@ -429,3 +465,7 @@ class MemcacheTopology:
         """Stop the client's threads and close its connections; later calls raise
         `ClosedError`."""
         self.client.close()
+
+
+def _nothing() -> None:
+    pass

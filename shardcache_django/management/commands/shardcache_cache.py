@@ -3,6 +3,8 @@
     shardcache_cache info [ALIAS]              every server of each shardcache cache
     shardcache_cache where KEY [--alias A] [--version V]
     shardcache_cache states [--alias A]        memcache shard states
+    shardcache_cache states set ADDRESS STATE [--source S] [--alias A]
+                                               for every process (OPTIONS["SHARD_STATES_FILE"])
     shardcache_cache clear ALIAS [--yes]       this cache's keys (its KEY_PREFIX), or all
 
 Every subcommand takes ``--json`` (one JSON object per line). Thin over the core:
@@ -51,8 +53,10 @@ class Command(BaseCommand):
         where.add_argument("key")
         where.add_argument("--alias", default="default")
         where.add_argument("--version", type=int, default=None)
-        states = sub.add_parser("states", help="memcache shard states")
+        states = sub.add_parser("states", help="memcache shard states; 'set ADDRESS STATE'")
+        states.add_argument("change", nargs="*", help="set ADDRESS STATE")
         states.add_argument("--alias", default=None)
+        states.add_argument("--source", default=None, help="WARM_UP: the shard to read through")
         clear = sub.add_parser("clear", help="clear one cache")
         clear.add_argument("alias")
         clear.add_argument("--yes", action="store_true", help="do not ask")
@@ -92,6 +96,8 @@ class Command(BaseCommand):
             self.stdout.write(f"{name:<8} {_cell(value)}")
 
     def do_states(self, o: dict[str, Any]) -> None:
+        if o["change"]:
+            self.set_state(o)
         aliases = [o["alias"]] if o["alias"] else self.ours()
         rows = []
         for alias in aliases:
@@ -108,6 +114,20 @@ class Command(BaseCommand):
                 self.emit(dict(zip(["alias", "address", "state", "reachable"], row, strict=True)))
         else:
             self.table(["alias", "address", "state", "up"], rows)
+
+    def set_state(self, o: dict[str, Any]) -> None:
+        if len(o["change"]) != 3 or o["change"][0] != "set":
+            raise CommandError("expected: states set ADDRESS STATE [--source ADDRESS]")
+        _, address, state = o["change"]
+        aliases = [o["alias"]] if o["alias"] else self.ours()
+        memcaches = [a for a in aliases if STATES in self.backend(a).core.topology.capabilities]
+        if len(memcaches) != 1:
+            raise CommandError(f"say which memcache cache with --alias (found {memcaches})")
+        topology = self.backend(memcaches[0]).core.topology
+        try:
+            topology.share_shard_state(address, state, o["source"])  # type: ignore[attr-defined]
+        except ValueError as exc:
+            raise CommandError(f"unknown state {state!r}: {exc}") from exc
 
     def do_clear(self, o: dict[str, Any]) -> None:
         backend = self.backend(o["alias"])
