@@ -1,4 +1,4 @@
-"""``python -m bench [cache|cluster|sentinel|memcache|django|async|flask|records|startup]``
+"""``python -m bench [cache|cluster|sentinel|memcache|django|async|flask|records|startup|metrics]``
 (cache by default); ``--help`` for options."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from bench import (
     django_caches,
     flask_caches,
     memcache,
+    metrics,
     records,
     sentinel,
     startup,
@@ -27,6 +28,7 @@ BENCHMARKS = {
     "flask": flask_caches.main,
     "records": records.main,
     "startup": startup.main,
+    "metrics": metrics.main,
 }
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TypeVar, cast
@@ -33,6 +34,7 @@ from shardcache.errors import (
     key_text,
 )
 from shardcache.locks import Lock
+from shardcache.metrics import Metrics, ShardMetrics
 from shardcache.protocols import (
     COMMANDS,
     LOCKS,
@@ -95,6 +97,7 @@ class Cache:
         max_value_size: int = MAX_VALUE_SIZE,
         ignore_errors: bool = False,
         log_ignored_errors: bool = True,
+        metrics: bool = True,
     ) -> None:
         if not isinstance(topology, Topology):
             raise ConfigurationError(f"{topology!r} does not implement the shard protocol")
@@ -112,6 +115,8 @@ class Cache:
         )
         self.ignore_errors = ignore_errors
         self.log_ignored_errors = log_ignored_errors
+        # The topology's counters, shared by every Cache on it (one set per process).
+        self.counters: Metrics | None = _counters_of(topology) if metrics else None
         self._quiet_until: dict[str, float] = {}  # shard -> when its failures are logged again
 
     def __repr__(self) -> str:
@@ -167,8 +172,18 @@ class Cache:
                 f"which {type(self.topology).__name__} does not have"
             )
 
-    _sync = staticmethod(run_sync)
-    _async = staticmethod(run_async)
+    def _sync(self, steps: Steps[T]) -> T:
+        return run_sync(steps, self.counters)
+
+    async def _async(self, steps: Steps[T]) -> T:
+        return await run_async(steps, self.counters)
+
+    def metrics(self) -> dict[str, ShardMetrics]:
+        """This process's counters of each shard (`shardcache.metrics.ShardMetrics`):
+        operations, errors, timeouts and the latency histogram, for every `Cache` on the
+        topology; empty with ``metrics=False``. ``shardcache.metrics.prometheus_text`` and
+        ``register_prometheus(cache.counters)`` export them."""
+        return {} if self.counters is None else self.counters.snapshot()
 
     def _run(self, key: bytes, fallback: Any, command: Command, read: bool = False) -> Steps[Any]:
         """One command on the shard of ``key``, under the failure policy. ``read`` commands
@@ -710,3 +725,15 @@ def _glob_escape(text: bytes) -> bytes:
             out.append(0x5C)  # backslash
         out.append(byte)
     return bytes(out)
+
+
+_COUNTERS_LOCK = threading.Lock()
+
+
+def _counters_of(topology: Any) -> Metrics:
+    with _COUNTERS_LOCK:
+        found = getattr(topology, "counters", None)
+        if not isinstance(found, Metrics):
+            found = Metrics()
+            topology.counters = found
+        return found

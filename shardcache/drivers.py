@@ -14,12 +14,14 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Generator, Mapping, Sequence
+from time import perf_counter
 from typing import Any, TypeVar
 
 from redis.exceptions import NoScriptError
 
 from shardcache import aio
 from shardcache.errors import CommandError, ShardError, ShardUnavailableError
+from shardcache.metrics import Metrics
 from shardcache.protocols import Dialect, PendingBatch, Shard
 
 __all__ = [
@@ -111,36 +113,63 @@ Step = Exec | Pipe | Fan | Sleep
 Steps = Generator[Step, Any, T]
 
 
-def run_sync(steps: Steps[T]) -> T:
-    """Run ``steps`` to their result on the calling thread."""
+def run_sync(steps: Steps[T], metrics: Metrics | None = None) -> T:
+    """Run ``steps`` to their result on the calling thread, counting each shard's calls
+    in ``metrics`` if given."""
     send, throw = steps.send, steps.throw
     try:
         step = next(steps)
         while True:
+            began = perf_counter()
             try:
                 result = step.run()
             except ShardError as exc:
+                if metrics is not None:
+                    _count(metrics, step, perf_counter() - began, exc)
                 step = throw(exc)
             else:
+                if metrics is not None:
+                    _count(metrics, step, perf_counter() - began, result)
                 step = send(result)
     except StopIteration as done:
         return done.value  # type: ignore[no-any-return]
 
 
-async def run_async(steps: Steps[T]) -> T:
-    """Run ``steps`` to their result on the running event loop."""
+async def run_async(steps: Steps[T], metrics: Metrics | None = None) -> T:
+    """Run ``steps`` to their result on the running event loop (``metrics``: as
+    `run_sync`)."""
     send, throw = steps.send, steps.throw
     try:
         step = next(steps)
         while True:
+            began = perf_counter()
             try:
                 result = await step.arun()
             except ShardError as exc:
+                if metrics is not None:
+                    _count(metrics, step, perf_counter() - began, exc)
                 step = throw(exc)
             else:
+                if metrics is not None:
+                    _count(metrics, step, perf_counter() - began, result)
                 step = send(result)
     except StopIteration as done:
         return done.value  # type: ignore[no-any-return]
+
+
+def _count(metrics: Metrics, step: Step, seconds: float, outcome: Any) -> None:
+    """One step's calls: a command or a batch on its shard, or a batch on each of many."""
+    if isinstance(step, Exec | Pipe):
+        error = outcome if isinstance(outcome, ShardError) else None
+        metrics.observe(step.shard.id, seconds, error)
+    elif isinstance(step, Fan):
+        if isinstance(outcome, ShardError):
+            for shard in step.commands:
+                metrics.observe(shard.id, seconds, outcome)
+        else:
+            for shard, found in outcome.items():
+                error = found if isinstance(found, ShardError) else None
+                metrics.observe(shard.id, seconds, error)
 
 
 def scripted(shard: Shard, key: bytes, command: Sequence[Any], dialect: Dialect) -> Steps[Any]:

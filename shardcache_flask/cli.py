@@ -17,16 +17,17 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
+from shardcache import Cache
 from shardcache.protocols import STATES
 
 __all__ = ["group"]
 
 
 def _ours() -> list[Any]:
-    from shardcache_flask.cache import _ShardcacheBackend
-
     found = current_app.extensions.get("cache", {}).values()
-    backends = [backend for backend in found if isinstance(backend, _ShardcacheBackend)]
+    # Ours are those with a shardcache core (the backends register this group, so this
+    # module does not import them).
+    backends = [backend for backend in found if isinstance(getattr(backend, "core", None), Cache)]
     if not backends:
         raise click.ClickException("this app has no shardcache cache (CACHE_TYPE)")
     return backends

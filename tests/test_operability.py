@@ -239,3 +239,85 @@ def test_states_set_in_one_process_reroutes_another_within_a_second(
     finally:
         child.kill()
         child.wait(10)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_metrics_move_with_traffic_and_export_as_prometheus(
+    kind: str, every: dict[str, Any]
+) -> None:
+    import asyncio
+    import threading
+
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from shardcache.metrics import prometheus_text, register_prometheus
+
+    core = caches[kind].core
+    before = core.metrics()
+    keys = [f"m{i}" for i in range(20)]
+
+    def traffic() -> None:
+        for i in range(250):
+            core.set(keys[i % 20], i)
+            core.get(keys[i % 20])
+
+    threads = [threading.Thread(target=traffic) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    asyncio.run(core.aget("m1"))
+    core.get_many(keys)
+    after = core.metrics()
+    moved = sum(after[s].operations for s in after) - sum(
+        before[s].operations for s in before if s in after
+    )
+    # 8 threads x 500 calls, one async get, and get_many: one batch per shard holding keys.
+    shards = len(core.topology.group([core.make_key(k) for k in keys]))
+    assert moved == 8 * 500 + 1 + shards  # no increment lost between threads
+    assert all(m.buckets[-1][1] == m.operations for m in after.values())
+    assert all(m.latency_sum > 0 for m in after.values() if m.operations)
+
+    families = {f.name: f for f in text_string_to_metric_families(prometheus_text(after))}
+    assert set(families) == {
+        "shardcache_operations",
+        "shardcache_errors",
+        "shardcache_timeouts",
+        "shardcache_latency_seconds",
+    }
+    total = sum(s.value for s in families["shardcache_operations"].samples)
+    assert total == sum(m.operations for m in after.values())
+    assert len({s.labels["shard"] for s in families["shardcache_operations"].samples}) == len(after)
+
+    registry = CollectorRegistry()
+    register_prometheus(core.counters, registry, alias=kind)
+    exported = generate_latest(registry).decode()
+    parsed = {f.name: f for f in text_string_to_metric_families(exported)}
+    assert {s.labels["alias"] for s in parsed["shardcache_operations"].samples} == {kind}
+    counts = [s for s in parsed["shardcache_latency_seconds"].samples if s.name.endswith("_count")]
+    assert sum(s.value for s in counts) == sum(m.operations for m in core.metrics().values())
+
+
+def test_errors_and_timeouts_are_counted(clean_redis_pool_servers: StandaloneRedis) -> None:
+    from shardcache import Cache, HashPool, ShardUnavailableError
+
+    pool = HashPool(clean_redis_pool_servers.urls, read_timeout=0.3)
+    cache = Cache(pool)
+    shard = pool.shards()[0]
+    key = next(f"k{i}" for i in range(1000) if pool.shard_for(cache.make_key(f"k{i}")) is shard)
+    cache.set(key, 1)
+    server = next(s for s in clean_redis_pool_servers.servers if f":{s.port}/" in shard.id)
+    server.pause()
+    try:
+        with pytest.raises(ShardUnavailableError):
+            cache.get(key)
+        with pytest.raises(ShardUnavailableError):
+            cache.get(key)  # the breaker: an error, not a timeout
+    finally:
+        server.resume()
+    counted = cache.metrics()[shard.id]
+    assert (counted.errors, counted.timeouts) == (2, 1)
+    assert counted.buckets[-1][1] - dict(counted.buckets)[0.25] >= 1  # the 0.3 s wait
+    assert Cache(pool, metrics=False).metrics() == {}
+    pool.close()

@@ -179,7 +179,7 @@ def run(
     env.pop("DJANGO_SETTINGS_MODULE", None)
     command = [sys.executable, "-m", "pytest", *FILES, "-q", "-p", "no:cacheprovider"]
     command += ["-p", "no:randomly", "-o", "addopts=", "-c", "/dev/null", "--rootdir", str(root)]
-    command += ["--junitxml", str(report), *extra]
+    command += ["--tb=no", "-rN", "--junitxml", str(report), *extra]  # the report below says it
     subprocess.run(command, cwd=root, env=env, check=False)
     outcomes: dict[str, str] = {}
     for case in ET.parse(report).iter("testcase"):
