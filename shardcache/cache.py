@@ -34,6 +34,7 @@ from shardcache.errors import (
     key_text,
 )
 from shardcache.locks import Lock
+from shardcache.logs import RateLimited
 from shardcache.metrics import Metrics, ShardMetrics
 from shardcache.protocols import (
     COMMANDS,
@@ -51,7 +52,7 @@ from shardcache.stats import KeyLocation, ShardReport
 
 __all__ = ["Cache"]
 
-logger = logging.getLogger("shardcache")
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Key = str | bytes
@@ -117,7 +118,8 @@ class Cache:
         self.log_ignored_errors = log_ignored_errors
         # The topology's counters, shared by every Cache on it (one set per process).
         self.counters: Metrics | None = _counters_of(topology) if metrics else None
-        self._quiet_until: dict[str, float] = {}  # shard -> when its failures are logged again
+        self._quiet_until: dict[str, float] = {}
+        self._unreadable = RateLimited(logger)  # shard -> when its failures are logged again
 
     def __repr__(self) -> str:
         return f"<Cache prefix={self.prefix!r} on {self.topology!r}>"
@@ -143,10 +145,13 @@ class Cache:
             self._warn_unreadable(key, exc)
             return default
 
-    @staticmethod
-    def _warn_unreadable(key: bytes, exc: SerializationError) -> None:
-        logger.warning(
-            "shardcache: unreadable value under %s treated as a miss: %s", key_text(key), exc
+    def _warn_unreadable(self, key: bytes, exc: SerializationError) -> None:
+        # One line per 10 s: a server full of planted values must not flood the log.
+        self._unreadable.warning(
+            "unreadable",
+            "shardcache: unreadable value under %s treated as a miss: %s",
+            key_text(key),
+            exc,
         )
 
     def _unavailable(self, exc: ShardUnavailableError, fallback: T) -> T:

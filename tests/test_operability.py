@@ -321,3 +321,23 @@ def test_errors_and_timeouts_are_counted(clean_redis_pool_servers: StandaloneRed
     assert counted.buckets[-1][1] - dict(counted.buckets)[0.25] >= 1  # the 0.3 s wait
     assert Cache(pool, metrics=False).metrics() == {}
     pool.close()
+
+
+def test_a_flood_of_undecodable_values_logs_one_line(
+    clean_redis_pool_servers: StandaloneRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from shardcache import Cache, HashPool
+
+    pool = HashPool(clean_redis_pool_servers.urls)
+    cache = Cache(pool, prefix="flood:")
+    for i in range(100):
+        key = cache.make_key(f"k{i}")
+        pool.shard_for(key).client().set(key, b"\xff\x00 not a value we wrote")
+    with caplog.at_level(logging.WARNING, logger="shardcache"):
+        assert all(cache.get(f"k{i}") is None for i in range(100))  # misses, not errors
+    lines = [r for r in caplog.records if "unreadable value" in r.getMessage()]
+    assert len(lines) == 1
+    assert lines[0].name == "shardcache.cache"  # one logger per module
+    pool.close()

@@ -11,6 +11,7 @@ command per key; it stays available, built from the same settings, as `Cluster.r
 from __future__ import annotations
 
 import contextlib
+import logging
 import random
 import threading
 import time
@@ -40,11 +41,14 @@ from shardcache.errors import (
 )
 from shardcache.hashing import CLUSTER_SLOTS, slot
 from shardcache.lifecycle import forget_after_fork
+from shardcache.logs import RateLimited
 from shardcache.protocols import REDIS_CAPABILITIES, Dialect, Shard
 from shardcache.stats import ShardReport, redis_report
 from shardcache.topologies.redirects import Redirect, RedirectPolicy, is_tryagain
 
 __all__ = ["Binding", "Cluster", "ClusterNode"]
+
+_storms = RateLimited(logging.getLogger(__name__))
 
 # After a node failed, the slot map is re-read to see whether a failover moved its slots, but
 # not more often than this (seconds): a dead node's callers would otherwise each read it.
@@ -402,6 +406,15 @@ class Cluster:
                 raise error
             if decision.delay:
                 time.sleep(decision.delay)
+            if moves >= 2:  # the slot bounces between nodes: a reshard or a failover
+                _storms.warning(
+                    str(number),
+                    "shardcache: MOVED storm: slot %d redirected %d times in one call (last to "
+                    "%s); backing off and re-reading the slot map",
+                    number,
+                    moves,
+                    decision.redirect.address if decision.redirect else "?",
+                )
             if decision.action == "moved":
                 assert decision.redirect is not None
                 self._learn(decision.redirect)

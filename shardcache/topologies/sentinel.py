@@ -50,7 +50,7 @@ from shardcache.stats import ShardReport, redis_report
 
 __all__ = ["SentinelClient", "SentinelMaster", "SentinelReplicaReads"]
 
-logger = logging.getLogger("shardcache")
+logger = logging.getLogger(__name__)
 
 ConnectionFactory = Callable[[str, int], AbstractConnection]
 _REASK_INTERVAL = 0.05  # seconds: concurrent failures share one question to the sentinels
@@ -318,7 +318,7 @@ class SentinelClient:
             if old.id == wanted:
                 return False
             self._current[name] = self._pool_for(address)
-        logger.info("shardcache: master %s moved from %s to %s", name, old.id, wanted)
+        logger.warning("shardcache: failover: master %s moved from %s to %s", name, old.id, wanted)
         old.retire()  # idle connections now; lent ones when they come back
         return True
 

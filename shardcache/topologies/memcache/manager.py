@@ -38,7 +38,7 @@ __all__ = [
     "crc32_shard_func",
 ]
 
-logger = logging.getLogger("shardcache")
+logger = logging.getLogger(__name__)
 
 ShardFunc = Callable[[bytes, int], int]
 
@@ -303,7 +303,14 @@ class StaticShardManager:
         return self._options["connect_timeout"] + (3 * max(1, calls) + 1) * per_call
 
     def mark_unhealthy(self, shard: ShardHandle) -> None:
-        shard.unhealthy_until = time.monotonic() + self.retry_timeout
+        now = time.monotonic()
+        if shard.unhealthy_until <= now:  # newly marked: one line, not one per failure
+            logger.warning(
+                "shardcache: memcached %s marked unhealthy for %gs after a connection failure",
+                shard.address,
+                self.retry_timeout,
+            )
+        shard.unhealthy_until = now + self.retry_timeout
         shard.count("errors")
 
     # --- lookups ----------------------------------------------------------------------------
