@@ -65,11 +65,13 @@ class Breaker:
             return
         if not self.down_until or self._probing:
             self.trips += 1
-            logger.warning(
-                "shardcache: %s marked down for %gs after a connection failure",
-                self.name,
-                self.retry_timeout,
-            )
+            if not self.down_until:  # one line per outage: a failed probe says nothing new
+                logger.warning(
+                    "shardcache: %s marked down after a connection failure; one call probes "
+                    "it every %gs until it answers",
+                    self.name,
+                    self.retry_timeout,
+                )
         self.down_until = time.monotonic() + self.retry_timeout
         self._probing = False
 
