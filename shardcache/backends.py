@@ -54,7 +54,7 @@ __all__ = [
 # What a `Cache` applies to values; every other option shapes the topology's connections.
 CODEC_OPTIONS = frozenset(
     {"SERIALIZER", "COMPRESSOR", "COMPRESS_THRESHOLD", "SIGNING_SECRET", "IGNORE_ERRORS"}
-    | {"MAX_VALUE_SIZE", "LOG_IGNORED_ERRORS"}
+    | {"MAX_VALUE_SIZE", "LOG_IGNORED_ERRORS", "STAMPEDE"}
 )
 _REDIS = {"CONNECT_TIMEOUT", "SOCKET_TIMEOUT", "MAX_CONNECTIONS", "USERNAME", "PASSWORD"} | {
     "CONNECTION_POOL_KWARGS",
@@ -190,6 +190,25 @@ def _directory_of_file(value: Any) -> str:
     return path
 
 
+_STAMPEDE_KEYS = {"BETA": "beta", "STALE": "stale", "WAIT": "wait", "LOCK_TIMEOUT": "lock_timeout"}
+
+
+def stampede_options(value: Any) -> dict[str, float] | None:
+    """``OPTIONS["STAMPEDE"]`` as `Cache.get_or_compute` keyword arguments (None: off)."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return {}
+    if not isinstance(value, Mapping) or not set(value) <= set(_STAMPEDE_KEYS):
+        raise ValueError
+    found = {}
+    for name, number in value.items():
+        if isinstance(number, bool) or not isinstance(number, int | float) or number < 0:
+            raise ValueError
+        found[_STAMPEDE_KEYS[name]] = float(number)
+    return found
+
+
 def _flag(value: Any) -> bool:
     if isinstance(value, bool) or value in (0, 1):
         return bool(value)
@@ -213,6 +232,10 @@ _TYPED: dict[str, tuple[Any, str]] = {
     "READ_FROM_REPLICAS": (_flag, "True or False"),
     "INVALIDATE_NON_ACTIVE": (_flag, "True or False"),
     "SHARD_STATES_FILE": (_directory_of_file, "a file path in an existing directory"),
+    "STAMPEDE": (
+        lambda value: stampede_options(value),
+        "True, or a dict of BETA, STALE, WAIT, LOCK_TIMEOUT (numbers >= 0)",
+    ),
 }
 
 

@@ -12,15 +12,28 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import random
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar, cast
 
 from shardcache.codec import MAX_VALUE_SIZE, MISSING, Codec, Secret
 from shardcache.compressors import COMPRESSORS, Compressor
 from shardcache.config import resolve_strategy
-from shardcache.drivers import Exec, Fan, Pipe, Steps, run_async, run_sync, scripted
+from shardcache.drivers import (
+    Compute,
+    Exec,
+    Failed,
+    Fan,
+    Pipe,
+    Sleep,
+    Steps,
+    run_async,
+    run_sync,
+    scripted,
+)
 from shardcache.errors import (
     CommandError,
     ConfigurationError,
@@ -214,6 +227,12 @@ class Cache:
         return await self._async(self._get(key, default))
 
     def _get(self, key: Key, default: Any) -> Steps[Any]:
+        value = yield from self._get_stored(key, default)
+        if value.__class__ is list and len(value) == 4 and value[0] == _ENVELOPE:
+            return value[1]  # written by get_or_compute: its value, without the envelope
+        return value
+
+    def _get_stored(self, key: Key, default: Any) -> Steps[Any]:
         k = self.make_key(key)
         raw = yield from self._run(k, None, self.dialect.get(k), read=True)
         return default if raw is None else self._decode(raw, k, default)
@@ -505,6 +524,102 @@ class Cache:
             )
         return shards[0].client()
 
+    def get_or_compute(
+        self,
+        key: Key,
+        compute: Callable[[], Any],
+        ttl: float,
+        *,
+        beta: float = 1.0,
+        stale: float | None = None,
+        wait: float = 10.0,
+        lock_timeout: float | None = None,
+    ) -> Any:
+        """The value under ``key``, computed by ``compute()`` and kept ``ttl`` seconds when
+        missing, with stampede protection:
+
+        - **one caller computes** (an add-as-lock on ``key``, ``lock_timeout`` seconds, by
+          default ``wait``); the others are given the previous value while it is kept
+          (``stale`` seconds past ``ttl``, by default ``ttl``), or wait for the new one at
+          most ``wait`` seconds, after which they compute it themselves;
+        - **probabilistic early recomputation** (XFetch, Vattani et al., VLDB 2015): the
+          value is stored with how long it took to compute, and each read recomputes it
+          ahead of expiry with a probability that rises as expiry nears (``beta``: 1.0 as
+          in the paper, higher is earlier, 0 never early).
+
+        The stored value is an envelope of its own: read it with `get_or_compute` only."""
+        return self._sync(self._get_or_compute(key, compute, ttl, beta, stale, wait, lock_timeout))
+
+    async def aget_or_compute(
+        self,
+        key: Key,
+        compute: Callable[[], Any],
+        ttl: float,
+        *,
+        beta: float = 1.0,
+        stale: float | None = None,
+        wait: float = 10.0,
+        lock_timeout: float | None = None,
+    ) -> Any:
+        """`get_or_compute` on asyncio; ``compute`` may return an awaitable."""
+        steps = self._get_or_compute(key, compute, ttl, beta, stale, wait, lock_timeout)
+        return await self._async(steps)
+
+    def _get_or_compute(
+        self,
+        key: Key,
+        compute: Callable[[], Any],
+        ttl: float,
+        beta: float,
+        stale: float | None,
+        wait: float,
+        lock_timeout: float | None,
+    ) -> Steps[Any]:
+        if ttl <= 0:
+            raise ValueError("get_or_compute needs a positive ttl (seconds)")
+        lock = (key.encode() if isinstance(key, str) else key) + b":stampede-lock"
+        keep = ttl + (ttl if stale is None else stale)
+        deadline = time.monotonic() + wait
+        while True:
+            envelope = _opened((yield from self._get_stored(key, MISSING)))
+            if envelope is not None:
+                value, delta, expires = envelope
+                # XFetch: early by delta * beta * -ln(U), U uniform in (0, 1].
+                early = delta * beta * -math.log(1.0 - random.random()) if beta > 0 else 0.0
+                if time.time() + early < expires:
+                    return value
+            if (yield from self._add(lock, os.urandom(8).hex(), lock_timeout or wait)):
+                # Another caller may have stored a new value between our read and the lock.
+                again = _opened((yield from self._get_stored(key, MISSING)))
+                if again is not None and (envelope is None or again[2] != envelope[2]):
+                    yield from self._delete(lock)
+                    return again[0]
+                try:
+                    value = yield from self._compute_and_store(key, compute, ttl, keep)
+                except GeneratorExit:
+                    raise  # abandoned (a cancelled task): the lock lapses on its own
+                except BaseException:
+                    yield from self._delete(lock)
+                    raise
+                yield from self._delete(lock)
+                return value
+            if envelope is not None:
+                return envelope[0]  # another caller recomputes: the value we have will do
+            if time.monotonic() >= deadline:  # waited long enough: compute it here
+                return (yield from self._compute_and_store(key, compute, ttl, keep))
+            yield Sleep(0.01)
+
+    def _compute_and_store(
+        self, key: Key, compute: Callable[[], Any], ttl: float, keep: float
+    ) -> Steps[Any]:
+        began = time.monotonic()
+        value = yield Compute(compute)
+        if isinstance(value, Failed):
+            raise value.error
+        delta = time.monotonic() - began
+        yield from self._set(key, [_ENVELOPE, value, delta, time.time() + ttl], keep)
+        return value
+
     def ttl(self, key: Key) -> float | None:
         """Seconds left before ``key`` expires; ``None`` if it never does; 0.0 if it is missing."""
         return self._sync(self._ttl(key))
@@ -587,7 +702,7 @@ class Cache:
                 found.update(zip(run, values, strict=True))
         values = self.codec.decode_batch(list(map(found.get, made)), made, self._warn_unreadable)
         return {
-            original: value
+            original: value[1] if value.__class__ is list and _is_envelope(value) else value
             for original, value in zip(originals, values, strict=True)
             if value is not MISSING
         }
@@ -742,3 +857,22 @@ def _counters_of(topology: Any) -> Metrics:
             found = Metrics()
             topology.counters = found
         return found
+
+
+_ENVELOPE = "shardcache:computed"  # [_ENVELOPE, value, compute seconds, fresh until (epoch)]
+
+
+def _is_envelope(value: list[Any]) -> bool:
+    return len(value) == 4 and value[0] == _ENVELOPE
+
+
+def _opened(found: Any) -> tuple[Any, float, float] | None:
+    if (
+        isinstance(found, list | tuple)
+        and len(found) == 4
+        and found[0] == _ENVELOPE
+        and isinstance(found[2], int | float)
+        and isinstance(found[3], int | float)
+    ):
+        return found[1], float(found[2]), float(found[3])
+    return None

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import time
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from time import perf_counter
 from typing import Any, TypeVar
 
@@ -25,7 +26,9 @@ from shardcache.metrics import Metrics
 from shardcache.protocols import Dialect, PendingBatch, Shard
 
 __all__ = [
+    "Compute",
     "Exec",
+    "Failed",
     "Fan",
     "Pipe",
     "Sleep",
@@ -109,7 +112,39 @@ class Sleep:
         await asyncio.sleep(self.seconds)
 
 
-Step = Exec | Pipe | Fan | Sleep
+class Compute:
+    """Call the caller's function (awaited on asyncio when it returns an awaitable). Its
+    exception comes back as a `Failed` result, so that the steps can clean up first."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.fn = fn
+
+    def run(self) -> Any:
+        try:
+            return self.fn()
+        except Exception as exc:
+            return Failed(exc)
+
+    async def arun(self) -> Any:
+        try:
+            result = self.fn()
+            return await result if inspect.isawaitable(result) else result
+        except Exception as exc:
+            return Failed(exc)
+
+
+class Failed:
+    """What a `Compute` step raised."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+Step = Exec | Pipe | Fan | Sleep | Compute
 Steps = Generator[Step, Any, T]
 
 

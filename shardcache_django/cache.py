@@ -28,6 +28,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
 from shardcache import Cache, Lock, ShardState
+from shardcache.backends import stampede_options
 from shardcache.cache import _glob_escape
 from shardcache.errors import ConfigurationError
 from shardcache.protocols import SCAN
@@ -59,6 +60,10 @@ class _ShardcacheCache(BaseCache):
         for setting, names in _GLOBAL_SWITCHES.items():
             if getattr(settings, setting, None) is not None and not names & options.keys():
                 options[min(names)] = bool(getattr(settings, setting))
+        try:
+            self._stampede = stampede_options(options.get("STAMPEDE"))
+        except ValueError:
+            raise ImproperlyConfigured(f"{type(self).__name__}: bad OPTIONS['STAMPEDE']") from None
         reverse = params.get("REVERSE_KEY_FUNCTION")
         self.reverse_key_func: Callable[[str], str] | None = (
             import_string(reverse) if isinstance(reverse, str) else reverse
@@ -177,6 +182,63 @@ class _ShardcacheCache(BaseCache):
             and self.key_func is default_key_func
             and SCAN in self.core.topology.capabilities
         )
+
+    # --- stampede protection ------------------------------------------------------------------
+
+    def get_or_compute(
+        self,
+        key: Any,
+        compute: Callable[[], Any],
+        timeout: Any = DEFAULT_TIMEOUT,
+        version: Any = None,
+        **options: float,
+    ) -> Any:
+        """`shardcache.Cache.get_or_compute`: one caller computes a missing or expiring
+        value, the others get the previous one or wait (bounded), and XFetch recomputes
+        ahead of expiry. ``options`` (``beta``, ``stale``, ``wait``, ``lock_timeout``)
+        override ``OPTIONS["STAMPEDE"]``'s."""
+        made = self.make_and_validate_key(key, version)
+        ttl = self._positive_ttl(timeout)
+        return self.core.get_or_compute(made, compute, ttl, **{**(self._stampede or {}), **options})
+
+    async def aget_or_compute(
+        self,
+        key: Any,
+        compute: Callable[[], Any],
+        timeout: Any = DEFAULT_TIMEOUT,
+        version: Any = None,
+        **options: float,
+    ) -> Any:
+        made = self.make_and_validate_key(key, version)
+        ttl = self._positive_ttl(timeout)
+        kwargs = {**(self._stampede or {}), **options}
+        return await self.core.aget_or_compute(made, compute, ttl, **kwargs)
+
+    def _positive_ttl(self, timeout: Any) -> float:
+        ttl = self._ttl(timeout)
+        if ttl is None or ttl <= 0:
+            raise ValueError("get_or_compute needs a positive timeout (seconds)")
+        return ttl
+
+    def get_or_set(
+        self, key: Any, default: Any, timeout: Any = DEFAULT_TIMEOUT, version: Any = None
+    ) -> Any:
+        """Django's ``get_or_set``; with ``OPTIONS["STAMPEDE"]`` and a callable default
+        and a positive timeout, `get_or_compute` (one caller computes)."""
+        if self._stampede is not None and callable(default) and self._protects(timeout):
+            return self.get_or_compute(key, default, timeout, version)
+        return super().get_or_set(key, default, timeout, version)
+
+    async def aget_or_set(
+        self, key: Any, default: Any, timeout: Any = DEFAULT_TIMEOUT, version: Any = None
+    ) -> Any:
+        if self._stampede is not None and callable(default) and self._protects(timeout):
+            return await self.aget_or_compute(key, default, timeout, version)
+        return await super().aget_or_set(key, default, timeout, version)
+
+    def _protects(self, timeout: Any) -> bool:
+        ttl = self._ttl(timeout)
+        return ttl is not None and ttl > 0
 
     def close(self, **kwargs: Any) -> None:
         # Django calls this at the end of every request: the shared topology outlives it

@@ -42,6 +42,7 @@ VALUES: dict[str, tuple[Any, Any]] = {
     "READ_FROM_REPLICAS": (False, "no"),
     "INVALIDATE_NON_ACTIVE": (1, 2),
     "SHARD_STATES_FILE": (os.path.join(tempfile.gettempdir(), "states.json"), "/no/such/dir/s"),
+    "STAMPEDE": ({"BETA": 1, "WAIT": 5}, {"WAIT": "soon"}),
     "SERIALIZER": ("json", "yaml"),
     "COMPRESSOR": ("zlib", "brotli"),
     "SIGNING_SECRET": (["a newer secret!!", "an older secret!"], "short"),
