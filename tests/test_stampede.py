@@ -41,6 +41,14 @@ def cache(request: pytest.FixtureRequest, kind: str) -> Iterator[Cache]:
     own.close()
 
 
+def _in_threads(target: Any, count: int) -> None:
+    threads = [threading.Thread(target=target) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+
+
 class Counted:
     """A slow compute function that counts its calls and how many ran at once."""
 
@@ -91,11 +99,7 @@ def test_64_callers_of_an_expired_hot_key_compute_it_once(cache: Cache, api: str
         waited.append(time.monotonic() - began)
 
     if api == "sync":
-        threads = [threading.Thread(target=one) for _ in range(64)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(30)
+        _in_threads(one, 64)
     else:
 
         async def many() -> None:
@@ -152,11 +156,7 @@ def test_xfetch_recomputes_a_hot_key_before_it_expires(cache: Cache, api: str) -
             await cache.aget_or_compute("xf", compute.acall, ttl=ttl, stale=0.001, beta=1.0)
 
     if api == "sync":
-        threads = [threading.Thread(target=reader) for _ in range(8)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(30)
+        _in_threads(reader, 8)
     else:
 
         async def many() -> None:
@@ -194,14 +194,7 @@ def test_django_get_or_set_with_the_stampede_option(
         backend = caches["default"]
         compute = Counted(0.3, {"report": 1})
         got: list[Any] = []
-        threads = [
-            threading.Thread(target=lambda: got.append(backend.get_or_set("r", compute, 60)))
-            for _ in range(32)
-        ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(30)
+        _in_threads(lambda: got.append(backend.get_or_set("r", compute, 60)), 32)
         assert compute.calls == 1
         assert got == [{"report": 1}] * 32
         assert backend.get("r") == {"report": 1}
