@@ -12,6 +12,7 @@ from shardcache_flask.cache import (
     RedisSentinelCache,
     ShardedMemcacheCache,
     ShardedRedisCache,
+    computed,
     get_redis_client,
 )
 
@@ -20,5 +21,6 @@ __all__ = [
     "RedisSentinelCache",
     "ShardedMemcacheCache",
     "ShardedRedisCache",
+    "computed",
     "get_redis_client",
 ]

@@ -15,14 +15,16 @@ the import path does not contain "cachelib", hence the base class and these modu
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+import functools
+import hashlib
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 from flask import Flask
 from flask_caching.backends.base import BaseCache
 
 from shardcache import Cache, MissingKeyError, ShardError, ShardState
-from shardcache.backends import problems
+from shardcache.backends import problems, stampede_options
 from shardcache.errors import ConfigurationError
 from shardcache.protocols import SCAN
 from shardcache.registry import registry
@@ -32,6 +34,7 @@ __all__ = [
     "RedisSentinelCache",
     "ShardedMemcacheCache",
     "ShardedRedisCache",
+    "computed",
     "get_redis_client",
 ]
 
@@ -65,6 +68,7 @@ class _ShardcacheBackend(BaseCache):
             text = "; ".join(message for _, message in found)
             raise ConfigurationError(f"{type(self).__name__}: {text}")
         self.key_prefix = key_prefix
+        self.stampede = stampede_options(options.get("STAMPEDE"))
         self._entry = (location, options)
         self._core: Cache | None = None
 
@@ -274,3 +278,50 @@ def get_redis_client(cache: Any, key: str | None = None) -> Any:
     if not isinstance(backend, _ShardcacheBackend):
         raise TypeError(f"{type(backend).__name__} is not a shardcache backend")
     return backend.core.redis_client(key)
+
+
+def computed(
+    cache: Any,
+    timeout: float | None = None,
+    *,
+    key: str | Callable[..., str] | None = None,
+    **options: float,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Flask-Caching's ``cached``/``memoize``, with stampede protection: the decorated
+    function's result is kept ``timeout`` seconds (the cache's default) through
+    `shardcache.Cache.get_or_compute`, so when it is missing or expiring one caller
+    computes it while the others get the previous value or wait (bounded), and XFetch
+    recomputes it ahead of expiry. The key is the function's name and arguments (a view's
+    URL arguments included), or ``key`` (a string, or a function of the same arguments).
+    ``options`` (``beta``, ``stale``, ``wait``, ``lock_timeout``) override
+    ``CACHE_SHARDCACHE_STAMPEDE``'s.
+
+        @app.route("/report/<int:year>")
+        @computed(cache, timeout=300)
+        def report(year: int) -> str: ...
+    """
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        name = f"{fn.__module__}.{fn.__qualname__}"
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            backend = getattr(cache, "cache", cache)
+            if not isinstance(backend, _ShardcacheBackend):
+                raise TypeError(f"{type(backend).__name__} is not a shardcache backend")
+            if callable(key):
+                made = key(*args, **kwargs)
+            elif key is not None:
+                made = key
+            else:
+                text = repr((args, sorted(kwargs.items())))
+                made = f"computed:{name}:{hashlib.sha1(text.encode()).hexdigest()}"
+            ttl = backend._ttl(timeout)
+            if ttl is None or ttl <= 0:
+                raise ValueError("computed() needs a positive timeout")
+            settings = {**(backend.stampede or {}), **options}
+            return backend.core.get_or_compute(made, lambda: fn(*args, **kwargs), ttl, **settings)
+
+        return wrapper
+
+    return decorate

@@ -200,3 +200,33 @@ def test_django_get_or_set_with_the_stampede_option(
         assert backend.get("r") == {"report": 1}
         assert backend.get_or_set("plain", "value", 60) == "value"  # not callable: Django's
         assert asyncio.run(backend.aget_or_compute("a", lambda: 7, 60)) == 7
+
+
+def test_flask_computed_view_computes_once_for_concurrent_requests(
+    clean_redis_cluster: RedisCluster,
+) -> None:
+    import flask
+    import flask_caching
+
+    from shardcache_flask import computed
+
+    app = flask.Flask(__name__)
+    app.config.update(
+        CACHE_TYPE="shardcache_flask.RedisClusterCache",
+        CACHE_REDIS_CLUSTER=",".join(clean_redis_cluster.describe()["startup_nodes"]),
+        CACHE_SHARDCACHE_STAMPEDE={"WAIT": 5},
+    )
+    cache = flask_caching.Cache(app)
+    build = Counted(0.3, "the report")
+
+    @app.route("/report/<int:year>")
+    @computed(cache, timeout=60)
+    def report(year: int) -> str:
+        return f"{build()} for {year}"
+
+    bodies: list[bytes] = []
+    _in_threads(lambda: bodies.append(app.test_client().get("/report/2026").data), 16)
+    assert build.calls == 1
+    assert bodies == [b"the report for 2026"] * 16
+    assert app.test_client().get("/report/2025").data == b"the report for 2025"
+    assert build.calls == 2  # another argument, another key
