@@ -499,9 +499,27 @@ class SentinelClient:
             self._gates[name].clear()
 
     def _promoted(self, name: str, address: tuple[str, int]) -> None:
-        if name in self._current:
+        if name not in self._current:
+            return
+        # An event names no epoch, and a sentinel may announce a failover late (one that
+        # learned it late, or restarted): if the master it names is a replica by now, the
+        # event is history. Ask that server before following (the sentinels' answers, with
+        # their epochs, come right after).
+        if not self._answers_as_replica(address):
             self._switch(name, address, None)
-            self._gates[name].set()
+        self._gates[name].set()
+
+    def _answers_as_replica(self, address: tuple[str, int]) -> bool:
+        """Whether the server at ``address`` says (ROLE) that it is a replica; False when
+        it says otherwise or cannot be asked."""
+        probe = self._pool_for(address)
+        try:
+            role = probe.execute(b"ROLE")
+        except ShardError:
+            return False
+        finally:
+            probe.close()
+        return bool(role) and role[0] in (b"slave", "slave")
 
     def is_open(self, name: str) -> bool:
         """False while a failover of ``name`` holds commands back (see `wait_if_paused`)."""
