@@ -227,8 +227,13 @@ class Cache:
         return await self._async(self._get(key, default))
 
     def _get(self, key: Key, default: Any) -> Steps[Any]:
-        value = yield from self._get_stored(key, default)
-        if value.__class__ is list and len(value) == 4 and value[0] == _ENVELOPE:
+        # `_get_stored`'s body, inlined: one generator less on the hottest path.
+        k = self.make_key(key)
+        raw = yield from self._run(k, None, self.dialect.get(k), read=True)
+        if raw is None:
+            return default
+        value = self._decode(raw, k, default)
+        if value.__class__ is list and _is_envelope(value):
             return value[1]  # written by get_or_compute: its value, without the envelope
         return value
 

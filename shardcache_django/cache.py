@@ -197,9 +197,8 @@ class _ShardcacheCache(BaseCache):
         value, the others get the previous one or wait (bounded), and XFetch recomputes
         ahead of expiry. ``options`` (``beta``, ``stale``, ``wait``, ``lock_timeout``)
         override ``OPTIONS["STAMPEDE"]``'s."""
-        made = self.make_and_validate_key(key, version)
-        ttl = self._positive_ttl(timeout)
-        return self.core.get_or_compute(made, compute, ttl, **{**(self._stampede or {}), **options})
+        made, ttl, settings = self._computing(key, timeout, version, options)
+        return self.core.get_or_compute(made, compute, ttl, **settings)
 
     async def aget_or_compute(
         self,
@@ -209,16 +208,18 @@ class _ShardcacheCache(BaseCache):
         version: Any = None,
         **options: float,
     ) -> Any:
-        made = self.make_and_validate_key(key, version)
-        ttl = self._positive_ttl(timeout)
-        kwargs = {**(self._stampede or {}), **options}
-        return await self.core.aget_or_compute(made, compute, ttl, **kwargs)
+        made, ttl, settings = self._computing(key, timeout, version, options)
+        return await self.core.aget_or_compute(made, compute, ttl, **settings)
 
-    def _positive_ttl(self, timeout: Any) -> float:
-        ttl = self._ttl(timeout)
-        if ttl is None or ttl <= 0:
+    def _computing(
+        self, key: Any, timeout: Any, version: Any, options: dict[str, float]
+    ) -> tuple[str, float, dict[str, float]]:
+        """The stored key, the ttl and the settings of a `get_or_compute`."""
+        if not self._protects(timeout):
             raise ValueError("get_or_compute needs a positive timeout (seconds)")
-        return ttl
+        ttl: float = self._ttl(timeout)  # type: ignore[assignment]
+        made = self.make_and_validate_key(key, version)
+        return made, ttl, {**(self._stampede or {}), **options}
 
     def get_or_set(
         self, key: Any, default: Any, timeout: Any = DEFAULT_TIMEOUT, version: Any = None
