@@ -35,6 +35,7 @@ from shardcache.wire import (
     ASYNC_IO_ERRORS,
     after_failure,
     deadline,
+    detach_timed_out_async,
     drop_async,
     pack,
     pack_many,
@@ -187,19 +188,20 @@ class AsyncConnectionPool:
                 await conn.connect()
                 connected = True
             await conn.send_packed_command(pack(conn, args), check_health=False)
-            reply = await conn.read_response()
+            reply = await conn.read_response(disconnect_on_error=False)
         except ResponseError as exc:
             self.release(conn)
             if breaker.down_until:
                 breaker.succeeded()
             raise CommandError(str(exc), shard=self.name, key=key, reply=exc) from exc
         except ASYNC_IO_ERRORS as exc:
+            abandoned = detach_timed_out_async(conn, connected, exc)
             self.discard(conn)
             sent, again = after_failure(connected, reused, idempotent, exc)
             if again:
                 return await self.execute(args, key, False)
             if server_down(connected, exc):
-                breaker.failed()
+                breaker.failed(abandoned)
             raise ShardUnavailableError(
                 str(exc) or type(exc).__name__, shard=self.name, key=key, sent=sent
             ) from exc
@@ -231,10 +233,11 @@ class AsyncConnectionPool:
                 connected = True
             await conn.send_packed_command(pack_many(conn, commands), check_health=False)
         except ASYNC_IO_ERRORS as exc:
+            abandoned = detach_timed_out_async(conn, connected, exc)
             self.discard(conn)
             sent, _ = after_failure(connected, reused, False, exc)
             if server_down(connected, exc):
-                self.breaker.failed()
+                self.breaker.failed(abandoned)
             raise ShardUnavailableError(
                 str(exc) or type(exc).__name__, shard=self.name, sent=sent
             ) from exc
@@ -249,9 +252,10 @@ class AsyncConnectionPool:
         try:
             replies = await read_many_async(conn, count, self._read_timeout)
         except ASYNC_IO_ERRORS as exc:
+            abandoned = detach_timed_out_async(conn, True, exc)
             self.discard(conn)
             if server_down(True, exc):  # a timeout: the server is paused or gone
-                self.breaker.failed()
+                self.breaker.failed(abandoned)
             raise ShardUnavailableError(str(exc) or type(exc).__name__, shard=self.name) from exc
         except BaseException:
             self.discard(conn)  # cancelled mid-batch: the connection is out of step

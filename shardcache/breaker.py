@@ -8,15 +8,21 @@ the time is up, one caller is let through as a probe: its success closes the bre
 failure opens it for another period. Other servers are never affected. Memcache has the
 same rule in its shard manager (DESIGN.md section 3).
 
+A call that timed out leaves its connection to a `Fence`: the server is not probed again
+before it has closed that connection, so a request it runs late cannot overwrite a newer
+write (see `shardcache.fence`).
+
 The hot path pays one attribute read while the breaker is closed.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 import time
 
 from shardcache.errors import ShardUnavailableError
+from shardcache.fence import Fence
 
 __all__ = ["Breaker"]
 
@@ -26,7 +32,7 @@ logger = logging.getLogger("shardcache.breaker")
 class Breaker:
     """The down/up state of one server (``name`` in errors and logs)."""
 
-    __slots__ = ("_probing", "down_until", "name", "retry_timeout", "trips")
+    __slots__ = ("_probing", "down_until", "fence", "name", "retry_timeout", "trips")
 
     def __init__(self, name: str, retry_timeout: float) -> None:
         self.name = name
@@ -34,6 +40,7 @@ class Breaker:
         self.down_until = 0.0  # 0.0: closed (calls go through)
         self._probing = False
         self.trips = 0
+        self.fence = Fence(name)
 
     @property
     def is_open(self) -> bool:
@@ -48,20 +55,31 @@ class Breaker:
         if not self.down_until:
             return
         now = time.monotonic()
-        if now >= self.down_until:
+        if now >= self.down_until and self.fence.settled():
             # Under the GIL one caller wins; a lost race probes twice.
             self.down_until = now + self.retry_timeout
             self._probing = True
             return
+        if now >= self.down_until:
+            raise ShardUnavailableError(
+                "marked down until it closes the connections of its timed-out calls",
+                shard=self.name,
+                sent=False,
+            )
         raise ShardUnavailableError(
             f"marked down after a failure, for {self.retry_timeout:g}s (circuit breaker)",
             shard=self.name,
             sent=False,
         )
 
-    def failed(self) -> None:
-        """A call failed at the socket level: open the breaker (again)."""
+    def failed(self, abandoned: socket.socket | None = None) -> None:
+        """A call failed at the socket level: open the breaker (again). ``abandoned``: the
+        socket of a call that timed out, kept until the server closes it."""
+        if abandoned is not None:
+            self.fence.add(abandoned)
         if self.retry_timeout <= 0:
+            if self.fence:
+                self.down_until = time.monotonic()  # no waiting, but the fence holds
             return
         if not self.down_until or self._probing:
             self.trips += 1
@@ -76,7 +94,10 @@ class Breaker:
         self._probing = False
 
     def succeeded(self) -> None:
-        """A call went through: close the breaker."""
+        """A call went through: close the breaker (not while a timed-out connection is
+        still open: a call that was already on its way says nothing about that one)."""
+        if self.fence and not self.fence.settled():
+            return
         if self.down_until:
             logger.warning("shardcache: %s is back", self.name)
         self.down_until = 0.0

@@ -27,6 +27,7 @@ from shardcache.protocols import LoopPools
 from shardcache.wire import (
     IO_ERRORS,
     after_failure,
+    detach_timed_out,
     is_open,
     pack,
     pack_many,
@@ -203,9 +204,10 @@ class Batch:
         try:
             replies = read_many(conn, self._count)
         except IO_ERRORS as exc:
+            abandoned = detach_timed_out(conn, True, exc)
             shard.pool.discard(conn)
             if server_down(True, exc):  # a timeout: the server is paused or gone
-                shard.breaker.failed()
+                shard.breaker.failed(abandoned)
             raise ShardUnavailableError(str(exc), shard=shard.id) from exc
         except BaseException:
             shard.pool.discard(conn)
@@ -339,12 +341,13 @@ class RedisShard:
                 breaker.succeeded()
             raise CommandError(str(exc), shard=self.id, key=key, reply=exc) from exc
         except IO_ERRORS as exc:
+            abandoned = detach_timed_out(conn, connected, exc)
             pool.discard(conn)
             sent, again = after_failure(connected, reused, idempotent, exc)
             if again:
                 return self.execute(*args, key=key, idempotent=False)
             if server_down(connected, exc):
-                breaker.failed()
+                breaker.failed(abandoned)
             raise ShardUnavailableError(str(exc), shard=self.id, key=key, sent=sent) from exc
         except BaseException:
             pool.discard(conn)
@@ -366,10 +369,11 @@ class RedisShard:
                 connected = True
             send(conn, pack_many(conn, commands))
         except IO_ERRORS as exc:
+            abandoned = detach_timed_out(conn, connected, exc)
             self.pool.discard(conn)
             sent, _ = after_failure(connected, reused, False, exc)
             if server_down(connected, exc):
-                self.breaker.failed()
+                self.breaker.failed(abandoned)
             raise ShardUnavailableError(str(exc), shard=self.id, sent=sent) from exc
         except BaseException:
             self.pool.discard(conn)
@@ -465,6 +469,7 @@ class RedisShard:
         if self.async_pools is not None:
             self.async_pools.shut()
         self._close_client()
+        self.breaker.fence.clear()
 
     def _close_client(self) -> None:
         with self._lock:
@@ -475,6 +480,7 @@ class RedisShard:
 
     def _after_fork(self) -> None:
         # The parent's event loops and their connections are not the child's to use.
+        self.breaker.fence.after_fork()
         self._lock = threading.Lock()
         self.pools_lock = threading.Lock()
         self.async_pools = None

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -45,6 +46,8 @@ __all__ = [
     "REPLY_TYPES",
     "after_failure",
     "deadline",
+    "detach_timed_out",
+    "detach_timed_out_async",
     "drop_async",
     "is_open",
     "pack",
@@ -122,6 +125,34 @@ def server_down(connected: bool, error: BaseException) -> bool:
     and then reset shows no more than that connection's end (a pooled one gone stale when
     the server restarted or closed it as idle): the next fresh connection will tell."""
     return not connected or timed_out(error)
+
+
+def detach_timed_out(conn: Any, connected: bool, error: BaseException) -> socket.socket | None:
+    """The socket of a sync connection whose call timed out, taken out of it (disconnecting
+    the connection then leaves the TCP connection open, for `shardcache.fence`); None for
+    any other failure, or when the socket cannot be reached."""
+    if not connected or not timed_out(error):
+        return None
+    sock = getattr(conn, _SOCK, None)
+    if sock is not None:
+        setattr(conn, _SOCK, None)
+    return sock
+
+
+def detach_timed_out_async(
+    conn: Any, connected: bool, error: BaseException
+) -> socket.socket | None:
+    """`detach_timed_out` for an asyncio connection: a duplicate of its transport's socket,
+    which keeps the TCP connection open when the transport closes."""
+    if not connected or not timed_out(error):
+        return None
+    writer = getattr(conn, _WRITER, None)
+    transport = getattr(writer, "transport", None)
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    try:
+        return sock.dup() if sock is not None else None
+    except Exception:  # an event loop whose sockets cannot be duplicated (no fence, then)
+        return None
 
 
 def is_open(conn: Any) -> bool:
@@ -231,7 +262,7 @@ async def read_many_async(conn: Any, count: int, read_timeout: float | None) -> 
         return replies
     for _ in range(count):
         try:
-            replies.append(await conn.read_response())
+            replies.append(await conn.read_response(disconnect_on_error=False))
         except ResponseError as exc:
             replies.append(exc)
     return replies

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 from django.test import override_settings
 
-from shardcache import Cache, HashPool, MissingKeyError, ShardUnavailableError
+from shardcache import Cache, HashPool, MissingKeyError, ShardUnavailableError, fence
 from shardcache.breaker import Breaker
 from shardcache.connections import RedisShard
 from shardcache.deferred import Deferred
@@ -116,6 +116,46 @@ def test_a_paused_server_costs_one_socket_timeout_then_fails_fast_and_comes_back
         server.resume()
     wait_until(lambda: cache.get(sick_key) == "before", timeout=15, what="the probe")
     assert not sick.breaker.is_open
+
+
+def test_a_server_that_never_closes_a_timed_out_connection_is_tried_again_after_the_limit(
+    clean_redis_pool_servers: StandaloneRedis,
+    registry: Registry,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The fence (shardcache.fence) holds a server back until it has closed the connection
+    # of a timed-out call; one that stays paused is tried again after LIMIT seconds.
+    monkeypatch.setattr(fence, "LIMIT", 1.0)
+    options = {"SOCKET_TIMEOUT": 0.5, "RETRY_TIMEOUT": 0.1}
+    cache = registry.cache("hashpool", clean_redis_pool_servers.urls, options)
+    sick = cache.topology.shards()[0]
+    assert isinstance(sick, RedisShard)
+    key = _key_on(cache, sick)
+    cache.set(key, "before")  # a warm connection: the request is sent, the reply is the wait
+    server = _server_of(clean_redis_pool_servers, sick)
+    server.pause()
+    try:
+        with pytest.raises(ShardUnavailableError, match=r"(?i)timeout"):
+            cache.set(key, "timed out")
+        assert sick.breaker.fence
+        wait_until(lambda: time.monotonic() >= sick.breaker.down_until, timeout=5, what="retry")
+        with pytest.raises(ShardUnavailableError, match="timed-out calls") as fenced:
+            cache.set(key, "held back")
+        assert fenced.value.sent is False
+        # Past the limit the probe is sent again (and times out: the server is still paused).
+        wait_until(sick.breaker.fence.settled, timeout=5, what="the limit")
+        with pytest.raises(ShardUnavailableError, match=r"(?i)timeout"):
+            cache.get(key)
+        assert any("has not answered a timed-out call" in r.getMessage() for r in caplog.records)
+    finally:
+        server.resume()
+    wait_until(
+        lambda: cache.get(key) == "timed out",
+        timeout=15,
+        what="the server back",
+        errors=(ShardUnavailableError,),
+    )
 
 
 def test_without_ignore_errors_a_marked_down_server_raises_at_once_and_says_so(

@@ -8,6 +8,8 @@ every adapter: `Cache` (sync and asyncio), Django's backend and Flask-Caching's.
   the connect timeout can end the wait.
 - ``RETRY_TIMEOUT``: after that one wait the shard's calls fail (here: miss) at once, and
   the shards that did not fail answer as before.
+- A write that timed out holds its server back past ``RETRY_TIMEOUT`` until the server has
+  run it (`shardcache.fence`), so it can never land after a newer write of the same key.
 
 All with ``IGNORE_ERRORS``, so a bounded call is a miss; the fault suite and
 ``test_breaker.py`` show the errors raised without it. The topologies for cluster and
@@ -37,7 +39,7 @@ from shardcache.testing import (
     RedisSentinel,
     StandaloneRedis,
 )
-from shardcache.testing._process import ServerProcess
+from shardcache.testing._process import ServerProcess, wait_until
 from shardcache_django.cache import BACKENDS
 
 KINDS = ["hashpool", "cluster", "sentinel", "memcache"]
@@ -173,7 +175,7 @@ def _opened(
     """A cache through ``api`` with ``timeouts`` (failures ignored, a shard marked down for
     30 s), a key on one server, a key on another that answers fine, and the first server."""
     servers, location, extra = setup
-    options = {**extra, **timeouts, "RETRY_TIMEOUT": 30, "IGNORE_ERRORS": True}
+    options = {**extra, "RETRY_TIMEOUT": 30, "IGNORE_ERRORS": True, **timeouts}
     with _through(api, kind, location, options, own) as through:
         target, other = _two_keys(through, kind, servers, location)
         through.write(other, "fine")
@@ -220,3 +222,34 @@ def test_connect_timeout_bounds_a_call_to_a_server_that_never_completes_the_hand
         server.stalled(),
     ):
         _bounded_once_then_fast(through, target, other, 0.5)
+
+
+@pytest.mark.parametrize("api", APIS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_timed_out_write_holds_its_server_back_until_the_server_has_run_it(
+    kind: str, api: str, setup: tuple[Any, list[str], dict[str, Any]], own: Registry
+) -> None:
+    timeouts = {"SOCKET_TIMEOUT": 0.5, "RETRY_TIMEOUT": 0.2}
+    with _opened(setup, api, kind, own, **timeouts) as (through, target, other, server):
+        through.write(target, "before")
+        assert through.read(target) == "before"
+        server.pause()
+        try:
+            # Sent, and not answered: the paused server will run it when it wakes.
+            _, waited = _timed(lambda: through.write(target, "timed out"))
+            assert waited < 0.5 + SLACK
+            time.sleep(0.3)  # past RETRY_TIMEOUT: a circuit breaker alone lets a probe go
+            for _ in range(5):
+                _, waited = _timed(lambda: through.write(target, "new"))
+                assert waited < 0.1, f"a write went to the paused server ({waited:.2f}s)"
+            assert through.read(other) == "fine"
+        finally:
+            server.resume()
+
+        def written() -> bool:
+            through.write(target, "new")
+            return bool(through.read(target) == "new")
+
+        wait_until(written, timeout=15, what="the server to take writes again")
+        # The late write ran before the new one was sent, never after it.
+        assert through.read(target) == "new"

@@ -8,6 +8,8 @@ list, whatever the states, so a shard going DOWN does not send its keys to anoth
 from __future__ import annotations
 
 import logging
+import socket
+import sys
 import threading
 import time
 import zlib
@@ -25,6 +27,7 @@ from pymemcache.exceptions import (
 
 from shardcache.connections import ConnectionPool
 from shardcache.errors import ClosedError, ConfigurationError, InvalidKeyError
+from shardcache.fence import Fence
 from shardcache.hashing import Ketama, Rendezvous
 from shardcache.lifecycle import forget_after_fork
 from shardcache.topologies.memcache.model import Item, MemcachedState, ShardState, validate_key
@@ -60,8 +63,19 @@ class _Connection(Client):  # type: ignore[misc]
     """A pymemcache client as one pooled connection (the pool closes it by ``disconnect``),
     with the two commands pymemcache has no method for."""
 
+    abandoned: socket.socket | None = None
+
     def disconnect(self) -> None:
         self.close()
+
+    def close(self) -> None:
+        # pymemcache closes the socket when a call fails, from inside its ``except``: a call
+        # that timed out keeps it instead, for the shard's `Fence`, which holds new calls
+        # back until memcached has run (or dropped) what that call had sent.
+        sock: socket.socket | None = getattr(self, "sock", None)
+        if sock is not None and isinstance(sys.exc_info()[1], TimeoutError):
+            self.abandoned, self.sock = sock, None
+        super().close()
 
     def meta_ttl(self, key: bytes) -> bytes:
         """``mg <key> t``: the reply line, ``HD t<seconds>`` or ``EN`` (absent)."""
@@ -111,6 +125,10 @@ class ShardHandle:
     warm_source: ShardHandle | None = None
     unhealthy_until: float = 0.0
     counters: dict[str, int] = field(default_factory=dict)
+    fence: Fence = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.fence = Fence(f"memcached {self.address}")
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """pymemcache's ``method`` on a pooled connection; the connection is dropped after a
@@ -128,6 +146,10 @@ class ShardHandle:
             pool.release(conn)
             raise
         except BaseException:
+            abandoned = getattr(conn, "abandoned", None)
+            if abandoned is not None:
+                self.fence.add(abandoned)
+                conn.abandoned = None  # type: ignore[attr-defined]
             pool.discard(conn)
             raise
         pool.release(conn)
@@ -138,7 +160,8 @@ class ShardHandle:
 
     @property
     def healthy(self) -> bool:
-        return time.monotonic() >= self.unhealthy_until
+        """Not marked down, and no timed-out call is still unanswered (see `Fence`)."""
+        return time.monotonic() >= self.unhealthy_until and (not self.fence or self.fence.settled())
 
 
 @dataclass
@@ -215,6 +238,10 @@ class StaticShardManager:
 
     def _after_fork(self) -> None:
         self._lock = threading.Lock()  # a parent thread may have held it at the fork
+        for shard in self._snapshot.shards:
+            shard.fence.after_fork()
+            if shard.warm_source is not None:
+                shard.warm_source.fence.after_fork()
 
     # --- states -----------------------------------------------------------------------------
 
@@ -240,6 +267,7 @@ class StaticShardManager:
                 if previous is not None:
                     handle.counters = previous.counters
                     handle.unhealthy_until = previous.unhealthy_until
+                    handle.fence = previous.fence
                 fresh.append(handle)
             by_address = {handle.address: handle for handle in fresh}
             for handle, spec in zip(fresh, wanted, strict=True):
@@ -249,6 +277,8 @@ class StaticShardManager:
                         known = pools.get(spec.warm_source)
                         pool = known.pool if known else self._connect(spec.warm_source)
                         source = ShardHandle(-1, spec.warm_source, MemcachedState.ACTIVE, pool)
+                        if known is not None:
+                            source.fence = known.fence
                     handle.warm_source = source
             if old and len(old) != len(fresh):
                 logger.warning(
@@ -372,8 +402,10 @@ class StaticShardManager:
             self._snapshot = _Closed()
         for shard in shards:
             shard.pool.close()
+            shard.fence.clear()
             if shard.warm_source is not None and shard.warm_source.index == -1:
                 shard.warm_source.pool.close()
+                shard.warm_source.fence.clear()
 
 
 class _Closed(_Snapshot):

@@ -415,9 +415,8 @@ class MemcacheTopology:
         breaker open) is reported without being dialled."""
         found = []
         self._poll()
-        now = time.monotonic()
         for handle in self.client.manager.get_all_shards():
-            healthy = handle.unhealthy_until <= now
+            healthy = handle.healthy
             found.append(
                 memcache_report(
                     handle.address,
