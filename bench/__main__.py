@@ -1,5 +1,5 @@
-"""``python -m bench [cache|cluster|sentinel|memcache|django|async|flask|records|startup|metrics]``
-(cache by default); ``--help`` for options."""
+"""``python -m bench NAME``, NAME one of cache (the default), cluster, sentinel, memcache,
+django, async, flask, records, startup, metrics, near; ``--help`` for options."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from bench import (
     flask_caches,
     memcache,
     metrics,
+    near,
     records,
     sentinel,
     startup,
@@ -29,6 +30,7 @@ BENCHMARKS = {
     "records": records.main,
     "startup": startup.main,
     "metrics": metrics.main,
+    "near": near.main,
 }
 
 

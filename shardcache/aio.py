@@ -19,7 +19,7 @@ import inspect
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from functools import cache
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import redis.asyncio
 import redis.asyncio.connection
@@ -30,7 +30,12 @@ from redis.exceptions import ResponseError
 from shardcache.breaker import Breaker
 from shardcache.errors import ClosedError, CommandError, ShardUnavailableError
 from shardcache.lifecycle import end_watch, until_loop_ends
+from shardcache.near import confirm_redirect, redirect_command
 from shardcache.protocols import RecoveringShard, Shard
+
+if TYPE_CHECKING:
+    from shardcache.connections import RedisShard
+
 from shardcache.wire import (
     ASYNC_IO_ERRORS,
     after_failure,
@@ -44,6 +49,10 @@ from shardcache.wire import (
 )
 
 __all__ = ["AsyncConnectionPool", "LoopPools", "execute", "fan_out", "pipeline", "pool_for"]
+
+# On a connection whose batch began with the near cache's CLIENT TRACKING: that command,
+# whose reply `finish` reads first.
+_SENT_REDIRECT = "_shardcache_sent_redirect"
 
 _CLASSES: dict[type, Any] = {
     redis.Connection: redis.asyncio.Connection,
@@ -104,8 +113,10 @@ class AsyncConnectionPool:
         read_timeout: float | None,
         name: str,
         breaker: Breaker | None = None,
+        leaf: RedisShard | None = None,
     ) -> None:
         self._factory = factory
+        self._leaf = leaf  # its `tracker`: the near cache's listener, when there is one
         self.breaker = breaker or Breaker(name, 0.0)  # shared with the server's sync pool
         self._timeout = timeout
         self._read_timeout = read_timeout
@@ -187,7 +198,15 @@ class AsyncConnectionPool:
             if not connected:
                 await conn.connect()
                 connected = True
-            await conn.send_packed_command(pack(conn, args), check_health=False)
+            tracker = None if self._leaf is None else self._leaf.tracker
+            redirect = None if tracker is None else redirect_command(conn, tracker)
+            if redirect is None:
+                await conn.send_packed_command(pack(conn, args), check_health=False)
+            else:
+                packed = pack_many(conn, (redirect, args))
+                await conn.send_packed_command(packed, check_health=False)
+                tracked = await read_many_async(conn, 1, self._read_timeout)
+                confirm_redirect(conn, tracker, redirect, tracked[0])  # type: ignore[arg-type]
             reply = await conn.read_response(disconnect_on_error=False)
         except ResponseError as exc:
             self.release(conn)
@@ -231,7 +250,12 @@ class AsyncConnectionPool:
             if not connected:
                 await conn.connect()
                 connected = True
+            tracker = None if self._leaf is None else self._leaf.tracker
+            redirect = None if tracker is None else redirect_command(conn, tracker)
+            if redirect is not None:
+                commands = (redirect, *commands)
             await conn.send_packed_command(pack_many(conn, commands), check_health=False)
+            setattr(conn, _SENT_REDIRECT, redirect)
         except ASYNC_IO_ERRORS as exc:
             abandoned = detach_timed_out_async(conn, connected, exc)
             self.discard(conn)
@@ -249,8 +273,17 @@ class AsyncConnectionPool:
     async def finish(
         self, conn: redis.asyncio.connection.AbstractConnection, count: int
     ) -> list[Any]:
+        redirect = getattr(conn, _SENT_REDIRECT, None)
         try:
-            replies = await read_many_async(conn, count, self._read_timeout)
+            replies = await read_many_async(
+                conn, count + (redirect is not None), self._read_timeout
+            )
+            if redirect is not None:
+                setattr(conn, _SENT_REDIRECT, None)
+                tracker = None if self._leaf is None else self._leaf.tracker
+                if tracker is not None:
+                    confirm_redirect(conn, tracker, redirect, replies[0])
+                del replies[0]
         except ASYNC_IO_ERRORS as exc:
             abandoned = detach_timed_out_async(conn, True, exc)
             self.discard(conn)
@@ -305,6 +338,7 @@ class LoopPools:
                 read_timeout=settings[1].get("socket_timeout"),
                 name=leaf.id,
                 breaker=leaf.breaker,
+                leaf=leaf,
             )
             self._watches[loop] = until_loop_ends(functools.partial(self._forget, loop))
         return pool

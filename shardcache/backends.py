@@ -33,6 +33,7 @@ from shardcache.compressors import COMPRESSORS
 from shardcache.config import RedisAddress, import_string, resolve_strategy
 from shardcache.errors import ConfigurationError
 from shardcache.hashing import make_selector
+from shardcache.near import near_cache_of
 from shardcache.protocols import Topology
 from shardcache.serializers import SERIALIZERS, PickleSerializer
 from shardcache.topologies.memcache import crc32_shard_func
@@ -40,6 +41,7 @@ from shardcache.topologies.memcache.states_file import StatesFile
 
 __all__ = [
     "ALIASES",
+    "CACHE_OPTIONS",
     "CODEC_OPTIONS",
     "OPTIONS",
     "Settings",
@@ -61,15 +63,23 @@ _REDIS = {"CONNECT_TIMEOUT", "SOCKET_TIMEOUT", "MAX_CONNECTIONS", "USERNAME", "P
     "RETRY_TIMEOUT",
 }
 _TLS = {"SSL_CA_CERTS", "SSL_CERTFILE", "SSL_KEYFILE", "SSL_CERT_REQS"}
+_NEAR = {"NEAR_CACHE"}  # Redis only: memcached cannot say when a value changes
+# Options of each `Cache`, which caches on one shared topology may set apart.
+CACHE_OPTIONS = CODEC_OPTIONS | _NEAR
 OPTIONS: dict[str, frozenset[str]] = {
-    "hashpool": frozenset(CODEC_OPTIONS | _REDIS | _TLS | {"HASH"}),
+    "hashpool": frozenset(CODEC_OPTIONS | _REDIS | _TLS | _NEAR | {"HASH"}),
     "cluster": frozenset(
-        CODEC_OPTIONS | _REDIS | _TLS | {"READ_FROM_REPLICAS", "MAX_ATTEMPTS", "REDIRECT_BUDGET"}
+        CODEC_OPTIONS
+        | _REDIS
+        | _TLS
+        | _NEAR
+        | {"READ_FROM_REPLICAS", "MAX_ATTEMPTS", "REDIRECT_BUDGET"}
     ),
     "sentinel": frozenset(
         CODEC_OPTIONS
         | _REDIS
         | _TLS
+        | _NEAR
         | {"MASTERS", "HASH", "DB", "SENTINEL_USERNAME", "SENTINEL_PASSWORD", "FAILOVER_PAUSE"}
         | {"READ_FROM_REPLICAS"}
     ),
@@ -209,6 +219,20 @@ def stampede_options(value: Any) -> dict[str, float] | None:
     return found
 
 
+_NO_NEAR_MEMCACHE = (
+    "memcached cannot tell a client that a value changed, so a near cache over it would "
+    "serve replaced values; use a Redis backend for a near cache"
+)
+
+
+def _near_cache(value: Any) -> Any:
+    try:
+        near_cache_of(value)  # the settings are checked once here; each Cache makes its own
+    except ConfigurationError as exc:
+        raise ValueError(str(exc)) from exc
+    return value
+
+
 def _flag(value: Any) -> bool:
     if isinstance(value, bool) or value in (0, 1):
         return bool(value)
@@ -232,6 +256,11 @@ _TYPED: dict[str, tuple[Any, str]] = {
     "READ_FROM_REPLICAS": (_flag, "True or False"),
     "INVALIDATE_NON_ACTIVE": (_flag, "True or False"),
     "SHARD_STATES_FILE": (_directory_of_file, "a file path in an existing directory"),
+    "NEAR_CACHE": (
+        _near_cache,
+        "True, or a dict of MAX_ENTRIES, MAX_BYTES (integers >= 1), PREFIXES (str or list), "
+        "MAX_AGE (seconds > 0)",
+    ),
     "STAMPEDE": (
         lambda value: stampede_options(value),
         "True, or a dict of BETA, STALE, WAIT, LOCK_TIMEOUT (numbers >= 0)",
@@ -265,6 +294,8 @@ def read_settings(
         own = ALIASES.get(name, name)
         if own in _REPLACED:
             found.append((1, f"OPTIONS[{name!r}] is django-redis's: {_REPLACED[own]}"))
+        elif own in _NEAR and kind == "memcache":
+            found.append((1, f"OPTIONS[{name!r}]: {_NO_NEAR_MEMCACHE}"))
         elif own not in OPTIONS[kind]:
             unknown.append(name)
         else:
@@ -470,4 +501,5 @@ def build_cache(topology: Topology, settings: Settings, *, prefix: str = "") -> 
         max_value_size=o.get("MAX_VALUE_SIZE", MAX_VALUE_SIZE),
         ignore_errors=o.get("IGNORE_ERRORS", False),
         log_ignored_errors=o.get("LOG_IGNORED_ERRORS", True),
+        near_cache=o.get("NEAR_CACHE"),
     )

@@ -19,9 +19,13 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar, cast
 
+from redis.exceptions import NoScriptError
+
 from shardcache.codec import MAX_VALUE_SIZE, MISSING, Codec, Secret
 from shardcache.compressors import COMPRESSORS, Compressor
 from shardcache.config import resolve_strategy
+from shardcache.deferred import Deferred
+from shardcache.dialects import REDIS, RedisDialect
 from shardcache.drivers import (
     Compute,
     Exec,
@@ -49,6 +53,7 @@ from shardcache.errors import (
 from shardcache.locks import Lock
 from shardcache.logs import RateLimited
 from shardcache.metrics import Metrics, ShardMetrics
+from shardcache.near import NearCache, near_cache_of
 from shardcache.protocols import (
     COMMANDS,
     LOCKS,
@@ -94,6 +99,10 @@ class Cache:
     (two round trips, more while other writers race on the same key). A value that would
     serialize or decompress past ``max_value_size`` bytes (64 MiB) is refused or unreadable.
 
+    With ``near_cache`` (True, a mapping of `NearCache` settings, or a `NearCache`) reads
+    are kept in the process and served from it until the server says they changed (Redis
+    only: see `shardcache.near`).
+
     A value that cannot be decoded is a miss plus a logged warning. With
     ``ignore_errors=True`` an unreachable shard is too: reads miss, writes return False,
     and one warning per shard per 10 s says so (none with ``log_ignored_errors=False``).
@@ -112,6 +121,7 @@ class Cache:
         ignore_errors: bool = False,
         log_ignored_errors: bool = True,
         metrics: bool = True,
+        near_cache: bool | Mapping[str, Any] | NearCache | None = None,
     ) -> None:
         if not isinstance(topology, Topology):
             raise ConfigurationError(f"{topology!r} does not implement the shard protocol")
@@ -133,6 +143,17 @@ class Cache:
         self.counters: Metrics | None = _counters_of(topology) if metrics else None
         self._quiet_until: dict[str, float] = {}
         self._unreadable = RateLimited(logger)  # shard -> when its failures are logged again
+        self.near = near_cache_of(near_cache)
+        if self.near is not None and not isinstance(self.dialect, RedisDialect):
+            raise ConfigurationError(
+                f"a near cache needs a server that says when a value changes (Redis CLIENT "
+                f"TRACKING); {type(topology).__name__} has no such thing, and a near cache "
+                f"over it would serve values the server has replaced"
+            )
+        # Stored-key prefixes of the keys the near cache keeps (every key when empty).
+        self._near_prefixes = tuple(
+            self.prefix + p for p in (self.near.prefixes if self.near is not None else ())
+        )
 
     def __repr__(self) -> str:
         return f"<Cache prefix={self.prefix!r} on {self.topology!r}>"
@@ -207,11 +228,28 @@ class Cache:
         """One command on the shard of ``key``, under the failure policy. ``read`` commands
         are idempotent (retried once on a dead pooled connection) and may go to a replica
         when the topology is configured for replica reads."""
+        near = None if read else self.near
+        if near is not None:
+            near.discard((key,))
         try:
             shard = self.topology.shard_for(key, read=read)
             return (yield Exec(shard, command, key, read))
         except ShardUnavailableError as exc:
             return self._unavailable(exc, fallback)
+        finally:
+            if near is not None:  # a read that raced this write is not kept either
+                near.discard((key,))
+
+    def _writing(self, keys: Sequence[bytes], steps: Steps[T]) -> Steps[T]:
+        """``steps``, which write ``keys``: the near cache drops them before and after."""
+        near = self.near
+        if near is None:
+            return (yield from steps)
+        near.discard(keys)
+        try:
+            return (yield from steps)
+        finally:
+            near.discard(keys)
 
     @staticmethod
     def _px(ttl: float) -> int:
@@ -221,10 +259,64 @@ class Cache:
 
     def get(self, key: Key, default: Any = None) -> Any:
         """The value of ``key``, or ``default`` when it is missing or unreadable."""
+        near = self.near
+        if near is not None:
+            k = self.make_key(key)
+            if not self._near_prefixes or k.startswith(self._near_prefixes):
+                raw = near.get(k)
+                if raw is not None:
+                    return self._value(raw, k, default)
+                return self._sync(self._get_near(k, default))
         return self._sync(self._get(key, default))
 
     async def aget(self, key: Key, default: Any = None) -> Any:
+        near = self.near
+        if near is not None:
+            k = self.make_key(key)
+            if not self._near_prefixes or k.startswith(self._near_prefixes):
+                raw = near.get(k)
+                if raw is not None:
+                    return self._value(raw, k, default)
+                return await self._async(self._get_near(k, default))
         return await self._async(self._get(key, default))
+
+    def _value(self, raw: bytes, k: bytes, default: Any) -> Any:
+        value = self._decode(raw, k, default)
+        if value.__class__ is list and _is_envelope(value):
+            return value[1]
+        return value
+
+    def _slot(self, k: bytes) -> int | None:
+        """``k``'s cluster slot, which the near cache keeps with the entry (None elsewhere)."""
+        topology: Any = self.topology
+        if isinstance(topology, Deferred):
+            topology = topology.built
+        slot_of = getattr(topology, "slot", None)
+        return None if slot_of is None else slot_of(k)
+
+    def _get_near(self, k: bytes, default: Any) -> Steps[Any]:
+        """A near-cache miss: the value and its TTL from the server, kept if nothing
+        invalidated it meanwhile (`NearCache.store`)."""
+        near = self.near
+        assert near is not None
+        try:
+            shard = self.topology.shard_for(k, read=True)
+        except ShardUnavailableError as exc:
+            return self._unavailable(exc, default)
+        leaf = shard.leaf()  # type: ignore[attr-defined]
+        token = near.begin((k,), None if leaf is None else leaf.track())
+        try:
+            raw, pttl = yield from scripted(
+                shard, k, REDIS.get_with_ttl((k,)), self.dialect, idempotent=True
+            )
+        except ShardUnavailableError as exc:
+            near.abandon((k,), token)
+            return self._unavailable(exc, default)
+        except BaseException:
+            near.abandon((k,), token)
+            raise
+        near.store(k, raw, pttl, token, self._slot(k))
+        return default if raw is None else self._value(raw, k, default)
 
     def _get(self, key: Key, default: Any) -> Steps[Any]:
         # `_get_stored`'s body, inlined: one generator less on the hottest path.
@@ -319,17 +411,21 @@ class Cache:
         new value. A missing key raises `MissingKeyError` (a ValueError), or with ``create``
         starts at 0 (and never expires, as INCRBY's). A value that is not an integer raises
         `NotAnIntegerError` (a TypeError)."""
-        return self._sync(self._incr(key, delta, create))
+        return self._sync(self._writing((self.make_key(key),), self._incr(key, delta, create)))
 
     async def aincr(self, key: Key, delta: int = 1, *, create: bool = False) -> int:
-        return await self._async(self._incr(key, delta, create))
+        return await self._async(
+            self._writing((self.make_key(key),), self._incr(key, delta, create))
+        )
 
     def decr(self, key: Key, delta: int = 1, *, create: bool = False) -> int:
         """`incr` by ``-delta``."""
-        return self._sync(self._incr(key, -delta, create))
+        return self._sync(self._writing((self.make_key(key),), self._incr(key, -delta, create)))
 
     async def adecr(self, key: Key, delta: int = 1, *, create: bool = False) -> int:
-        return await self._async(self._incr(key, -delta, create))
+        return await self._async(
+            self._writing((self.make_key(key),), self._incr(key, -delta, create))
+        )
 
     def _incr(self, key: Key, delta: int, create: bool) -> Steps[int]:
         k = self.make_key(key)
@@ -432,6 +528,8 @@ class Cache:
 
     def _persist(self, key: Key) -> Steps[bool]:
         k = self.make_key(key)
+        if self.near is not None:
+            self.near.discard((k,))  # its TTL changes: the entry's expiry would be wrong
         try:
             shard = self.topology.shard_for(k)
             replies = yield Pipe(shard, self.dialect.persist(k))
@@ -475,8 +573,14 @@ class Cache:
                 )
         shard = topology.shard_for(made[0], read=read)
         command = (name, *made, *args[keys:])
+        steps = self._command_on(shard, command, made[0], read, default)
+        return (yield from (steps if read else self._writing(made, steps)))
+
+    def _command_on(
+        self, shard: Shard, command: Command, key: bytes, read: bool, default: Any
+    ) -> Steps[Any]:
         try:
-            return (yield Exec(shard, command, made[0], read))
+            return (yield Exec(shard, command, key, read))
         except ShardUnavailableError as exc:
             return self._unavailable(exc, default)
 
@@ -689,6 +793,8 @@ class Cache:
         originals, made = self._keys(keys)
         if not made:
             return {}
+        if self.near is not None:
+            return (yield from self._get_many_near(originals, made))
         try:
             groups = self.topology.group(made, read=True)
         except ShardUnavailableError as exc:  # e.g. no slot map yet (`shardcache.deferred`)
@@ -712,6 +818,80 @@ class Cache:
             if value is not MISSING
         }
 
+    def _get_many_near(self, originals: list[KeyT], made: list[bytes]) -> Steps[dict[KeyT, Any]]:
+        """`get_many` with a near cache: hits from it; the misses from their servers, one
+        script per shard (per slot) that returns each value with its TTL."""
+        near = self.near
+        assert near is not None
+        prefixes = self._near_prefixes
+        found: dict[bytes, bytes] = {}
+        missing: list[bytes] = []
+        for k in made:
+            raw = near.get(k) if not prefixes or k.startswith(prefixes) else None
+            if raw is None:
+                missing.append(k)
+            else:
+                found[k] = raw
+        if missing:
+            try:
+                groups = self.topology.group(missing, read=True)
+            except ShardUnavailableError as exc:
+                groups = {}
+                self._unavailable(exc, None)
+            yield from self._read_near(groups, found)
+        values = self.codec.decode_batch(list(map(found.get, made)), made, self._warn_unreadable)
+        return {
+            original: value[1] if value.__class__ is list and _is_envelope(value) else value
+            for original, value in zip(originals, values, strict=True)
+            if value is not MISSING
+        }
+
+    def _read_near(
+        self, groups: dict[Shard, list[list[bytes]]], found: dict[bytes, bytes]
+    ) -> Steps[None]:
+        near = self.near
+        assert near is not None
+        slot_of = self._slot
+        tokens = {}
+        for shard, runs in groups.items():
+            leaf = shard.leaf()  # type: ignore[attr-defined]
+            tracker = None if leaf is None else leaf.track()
+            tokens[shard] = near.begin([k for run in runs for k in run], tracker)
+        commands = {
+            shard: [REDIS.get_with_ttl(run) for run in runs] for shard, runs in groups.items()
+        }
+        try:
+            outcome: dict[Shard, list[Any] | ShardUnavailableError] = yield Fan(commands)
+            unknown = {
+                shard: [REDIS.unscripted(c) or c for c in commands[shard]]
+                for shard, replies in outcome.items()
+                if not isinstance(replies, ShardUnavailableError)
+                and any(
+                    isinstance(r, CommandError) and isinstance(r.reply, NoScriptError)
+                    for r in replies
+                )
+            }
+            if unknown:  # a server that never ran the script: once more, with its text
+                outcome.update((yield Fan(unknown)))
+        except BaseException:
+            for shard, runs in groups.items():
+                near.abandon([k for run in runs for k in run], tokens[shard])
+            raise
+        for shard, replies in outcome.items():
+            token = tokens[shard]
+            if isinstance(replies, ShardUnavailableError):
+                near.abandon([k for run in groups[shard] for k in run], token)
+                self._unavailable(replies, None)
+                continue
+            for run, reply in zip(groups[shard], replies, strict=True):
+                if isinstance(reply, ShardError):
+                    near.abandon([k for run in groups[shard] for k in run], token)
+                    raise reply
+                for k, raw, pttl in zip(run, reply[::2], reply[1::2], strict=True):
+                    near.store(k, raw, pttl, token, slot_of(k))
+                    if raw is not None:
+                        found[k] = raw
+
     def set_many(self, mapping: Mapping[KeyT, Any], ttl: float | None = None) -> list[KeyT]:
         """Store every item (one pipeline of SET per shard); return the keys that failed."""
         return self._sync(self._set_many(mapping, ttl))
@@ -726,6 +906,17 @@ class Cache:
         if ttl is not None and ttl <= 0:
             yield from self._delete_many(originals)
             return []
+        if self.near is not None:
+            return (yield from self._writing(made, self._set_made(mapping, originals, made, ttl)))
+        return (yield from self._set_made(mapping, originals, made, ttl))
+
+    def _set_made(
+        self,
+        mapping: Mapping[KeyT, Any],
+        originals: list[KeyT],
+        made: list[bytes],
+        ttl: float | None,
+    ) -> Steps[list[KeyT]]:
         original_of = dict(zip(made, originals, strict=True))
         encode = self.codec.encode
         encoded = {k: encode(mapping[o], k) for k, o in original_of.items()}
@@ -765,6 +956,11 @@ class Cache:
         _, made = self._keys(keys)
         if not made:
             return 0
+        if self.near is not None:
+            return (yield from self._writing(made, self._delete_made(made)))
+        return (yield from self._delete_made(made))
+
+    def _delete_made(self, made: list[bytes]) -> Steps[int]:
         try:
             groups = self.topology.group(made)
         except ShardUnavailableError as exc:
@@ -795,6 +991,16 @@ class Cache:
         return await self._async(self._clear(flush))
 
     def _clear(self, flush: bool) -> Steps[int]:
+        near = self.near
+        if near is not None:
+            near.flush()
+        try:
+            return (yield from self._clear_servers(flush))
+        finally:
+            if near is not None:
+                near.flush()
+
+    def _clear_servers(self, flush: bool) -> Steps[int]:
         if not flush and not self.prefix:
             raise ConfigurationError(
                 "this cache has no prefix: clear() would empty every shard's database; "
@@ -865,6 +1071,10 @@ def _counters_of(topology: Any) -> Metrics:
 
 
 _ENVELOPE = "shardcache:computed"  # [_ENVELOPE, value, compute seconds, fresh until (epoch)]
+
+
+def _unknown_script(reply: Any) -> bool:
+    return isinstance(reply, CommandError) and isinstance(reply.reply, NoScriptError)
 
 
 def _is_envelope(value: list[Any]) -> bool:

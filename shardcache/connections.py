@@ -23,6 +23,7 @@ from redis.exceptions import ResponseError
 from shardcache.breaker import Breaker
 from shardcache.errors import ClosedError, CommandError, ShardError, ShardUnavailableError
 from shardcache.lifecycle import forget_after_fork
+from shardcache.near import Tracker, confirm_redirect, redirect_command
 from shardcache.protocols import LoopPools
 from shardcache.wire import (
     IO_ERRORS,
@@ -191,18 +192,27 @@ class Batch:
     single thread (scatter, then gather).
     """
 
-    __slots__ = ("_conn", "_count", "shard")
+    __slots__ = ("_conn", "_count", "_redirect", "shard")
 
-    def __init__(self, shard: RedisShard, conn: AbstractConnection, count: int) -> None:
+    def __init__(
+        self,
+        shard: RedisShard,
+        conn: AbstractConnection,
+        count: int,
+        redirect: tuple[Any, ...] | None = None,
+    ) -> None:
         self.shard = shard
         self._conn = conn
         self._count = count
+        self._redirect = redirect  # sent first: its reply is read, not returned
 
     def finish(self) -> list[Any]:
         """The replies in order; an error reply is a `CommandError` in its place."""
-        conn, shard = self._conn, self.shard
+        conn, shard, redirect = self._conn, self.shard, self._redirect
         try:
-            replies = read_many(conn, self._count)
+            replies = read_many(conn, self._count + (redirect is not None))
+            if redirect is not None and shard.tracker is not None:
+                confirm_redirect(conn, shard.tracker, redirect, replies.pop(0))
         except IO_ERRORS as exc:
             abandoned = detach_timed_out(conn, True, exc)
             shard.pool.discard(conn)
@@ -309,6 +319,9 @@ class RedisShard:
         # first asyncio call, under ``pools_lock``.
         self.async_pools: LoopPools | None = None
         self.pools_lock = threading.Lock()
+        # The near cache's invalidation listener for this server (`shardcache.near`), made
+        # by the first near-cache read from it; while it exists, every read is tracked.
+        self.tracker: Tracker | None = None
         forget_after_fork(self)
 
     def __repr__(self) -> str:
@@ -333,7 +346,13 @@ class RedisShard:
             if not connected:
                 conn.connect()
                 connected = True
-            send(conn, pack(conn, args))
+            tracker = self.tracker  # a near cache reads from this server: track every read
+            redirect = None if tracker is None else redirect_command(conn, tracker)
+            if redirect is None:
+                send(conn, pack(conn, args))
+            else:
+                send(conn, pack_many(conn, (redirect, args)))
+                confirm_redirect(conn, tracker, redirect, read_many(conn, 1)[0])  # type: ignore[arg-type]
             reply = read_one(conn)
         except ResponseError as exc:
             pool.release(conn)
@@ -363,10 +382,15 @@ class RedisShard:
             self.breaker.check()
         conn = self.pool.acquire()
         reused = connected = is_open(conn)
+        tracker, redirect = self.tracker, None
         try:
             if not connected:
                 conn.connect()
                 connected = True
+            if tracker is not None:
+                redirect = redirect_command(conn, tracker)
+                if redirect is not None:
+                    commands = (redirect, *commands)
             send(conn, pack_many(conn, commands))
         except IO_ERRORS as exc:
             abandoned = detach_timed_out(conn, connected, exc)
@@ -378,6 +402,8 @@ class RedisShard:
         except BaseException:
             self.pool.discard(conn)
             raise
+        if redirect is not None:
+            return Batch(self, conn, len(commands) - 1, redirect)
         return Batch(self, conn, len(commands))
 
     def pipeline(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
@@ -392,6 +418,32 @@ class RedisShard:
             yield from keys
             if cursor in (b"0", 0):
                 return
+
+    # --- the near cache -------------------------------------------------------------------
+
+    def track(self) -> Tracker | None:
+        """This server's `Tracker`, started on the first call (None once closed)."""
+        tracker = self.tracker
+        if tracker is not None and tracker.alive:
+            return tracker
+        with self._lock:
+            if self.pool.closed or self._custom_factory:
+                return None
+            if self.tracker is None or not self.tracker.alive:
+                self.tracker = Tracker(self)
+            return self.tracker
+
+    def listener_settings(self) -> tuple[type, dict[str, Any]]:
+        """The connection class and settings of a listener: the data connections' own,
+        in RESP2 (invalidations arrive as messages of a subscribed channel)."""
+        kwargs = {k: v for k, v in self._kwargs.items() if k != "redis_connect_func"}
+        kwargs["protocol"] = 2
+        return self._connection_class, kwargs
+
+    def _stop_tracking(self) -> None:
+        tracker, self.tracker = self.tracker, None
+        if tracker is not None:
+            tracker.close()
 
     # --- asyncio (`shardcache.aio` owns the pools; this module never imports it) -------------
 
@@ -462,6 +514,7 @@ class RedisShard:
         if self.async_pools is not None:
             self.async_pools.retire()
         self._close_client()
+        self._stop_tracking()
 
     def close(self) -> None:
         """Close every connection, sync and asyncio; later calls raise `ClosedError`."""
@@ -469,6 +522,7 @@ class RedisShard:
         if self.async_pools is not None:
             self.async_pools.shut()
         self._close_client()
+        self._stop_tracking()
         self.breaker.fence.clear()
 
     def _close_client(self) -> None:
@@ -481,6 +535,7 @@ class RedisShard:
     def _after_fork(self) -> None:
         # The parent's event loops and their connections are not the child's to use.
         self.breaker.fence.after_fork()
+        self.tracker = None  # its thread is the parent's: the child starts its own
         self._lock = threading.Lock()
         self.pools_lock = threading.Lock()
         self.async_pools = None

@@ -50,6 +50,11 @@ class Deferred:
         state = "built" if self._real is not None else "unreachable at start-up"
         return f"<Deferred {self.name} {state}>"
 
+    @property
+    def built(self) -> Topology | None:
+        """The topology if it was built already (never builds it)."""
+        return self._real
+
     def real(self) -> Topology:
         """The topology, built now if its time has come; `ShardUnavailableError` if not."""
         found = self._real

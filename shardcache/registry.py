@@ -26,7 +26,7 @@ import threading
 from collections.abc import Hashable, Mapping
 from typing import Any
 
-from shardcache.backends import CODEC_OPTIONS, Settings, build_cache, build_topology, settings_of
+from shardcache.backends import CACHE_OPTIONS, Settings, build_cache, build_topology, settings_of
 from shardcache.cache import Cache
 from shardcache.config import mask_url
 from shardcache.deferred import Deferred
@@ -81,7 +81,7 @@ class Registry:
             return self._topology_locked(settings)
 
     def _topology_locked(self, settings: Settings) -> Topology:
-        wire = {k: v for k, v in settings.options.items() if k not in CODEC_OPTIONS}
+        wire = {k: v for k, v in settings.options.items() if k not in CACHE_OPTIONS}
         key = (settings.kind, settings.servers, _frozen(wire))
         found = self._topologies.get(key)
         if found is None or found.closed:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, ClassVar
 
 from django.conf import settings
@@ -64,6 +64,12 @@ class _ShardcacheCache(BaseCache):
             self._stampede = stampede_options(options.get("STAMPEDE"))
         except ValueError:
             raise ImproperlyConfigured(f"{type(self).__name__}: bad OPTIONS['STAMPEDE']") from None
+        near = options.get("NEAR_CACHE")
+        if isinstance(near, Mapping) and near.get("PREFIXES"):
+            # Prefixes of the keys users pass; the near cache sees the keys Django makes.
+            given = near["PREFIXES"]
+            given = [given] if isinstance(given, str) else list(given)
+            options["NEAR_CACHE"] = {**near, "PREFIXES": [self.make_key(p) for p in given]}
         reverse = params.get("REVERSE_KEY_FUNCTION")
         self.reverse_key_func: Callable[[str], str] | None = (
             import_string(reverse) if isinstance(reverse, str) else reverse
@@ -173,6 +179,8 @@ class _ShardcacheCache(BaseCache):
         every database of the cache is emptied, as Django's RedisCache does."""
         if self._clears_by_prefix():
             Cache(self.core.topology, prefix=f"{self.key_prefix}:").clear()
+            if self.core.near is not None:
+                self.core.near.flush()  # those keys were this backend's: none is left
         else:
             self.core.clear(flush=True)
 

@@ -327,11 +327,24 @@ def test_a_slow_shard_times_out_with_a_typed_error(
         with pytest.raises(ShardUnavailableError, match=r"(?i)timeout") as error:
             cache.get("k")
         assert pool.id(pool.index(b"t:k")) in str(error.value)
-        asyncio.run(slow_async(cache))  # the asyncio path, in the same busy window
+        # The asyncio path, in the same busy window: through a pool of its own, since this
+        # one now holds the server back until it has answered the call that timed out.
+        other = HashPool(
+            clean_redis_pool_servers.urls, read_timeout=0.3, write_timeout=0.3, retry_timeout=0
+        )
+        try:
+            asyncio.run(slow_async(Cache(other, prefix="t:")))
+        finally:
+            other.close()
+        with pytest.raises(ShardUnavailableError, match="timed-out calls"):
+            cache.get("k")
     finally:
         blocked.join()
         sleeper.close()
-    assert cache.get("k") == "v"  # the shard answers again once it is not busy
+    # The shard answers again once it is not busy (and has closed the timed-out connection).
+    wait_until(
+        lambda: cache.get("k") == "v", timeout=10, what="the shard", errors=(ShardUnavailableError,)
+    )
     assert asyncio.run(cache.aget("k")) == "v"
     pool.close()
 

@@ -221,8 +221,12 @@ class Cluster:
                 nodes = {a: self.node(a) for a in set(new_map.masters) if a}
                 owners = tuple(nodes[a] for a in new_map.masters if a)
                 with self._map_lock:
+                    old = self._map.masters
                     self._map = _SlotMap(new_map.masters, new_map.replicas, owners)
                 self._refreshed_at = time.monotonic()
+                if old[0] is not None:
+                    pairs = enumerate(zip(old, new_map.masters, strict=True))
+                    self._slots_moved({n for n, (was, now) in pairs if was != now})
                 return
         raise ShardUnavailableError(
             "no cluster node answered with a slot map: " + "; ".join(errors),
@@ -259,6 +263,21 @@ class Cluster:
         owner = self.node(redirect.address)
         with self._map_lock:
             self._map = self._map.moved(redirect.slot, redirect.address, owner)
+        self._slots_moved({redirect.slot})
+
+    def _slots_moved(self, slots: set[int]) -> None:
+        """Near caches drop what they read from ``slots`` (and every read in flight): a
+        value read from the old owner is no longer tracked by the new one."""
+        if not slots:
+            return
+        caches = {
+            cache
+            for node in list(self._nodes.values())
+            if node.shard.tracker is not None
+            for cache in list(node.shard.tracker.caches)
+        }
+        for cache in caches:
+            cache.drop_slots(slots)
 
     def master_of(self, slot_number: int) -> ClusterNode:
         return self._map.owners[slot_number]
@@ -423,6 +442,7 @@ class Cluster:
             elif decision.action == "ask":
                 assert decision.redirect is not None
                 target, asking = self.node(decision.redirect.address), True
+                self._slots_moved({decision.redirect.slot})  # moving: the keys change hands
             elif decision.action == "refresh":
                 with contextlib.suppress(ShardUnavailableError):
                     self.refresh()  # if no node answers yet, the next attempt says so
