@@ -19,13 +19,11 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar, cast
 
-from redis.exceptions import NoScriptError
-
 from shardcache.codec import MAX_VALUE_SIZE, MISSING, Codec, Secret
 from shardcache.compressors import COMPRESSORS, Compressor
 from shardcache.config import resolve_strategy
 from shardcache.deferred import Deferred
-from shardcache.dialects import REDIS, RedisDialect
+from shardcache.dialects import RedisDialect
 from shardcache.drivers import (
     Compute,
     Exec,
@@ -53,7 +51,7 @@ from shardcache.errors import (
 from shardcache.locks import Lock
 from shardcache.logs import RateLimited
 from shardcache.metrics import Metrics, ShardMetrics
-from shardcache.near import NearCache, near_cache_of
+from shardcache.near import ENCODED, NearCache, Token, near_cache_of
 from shardcache.protocols import (
     COMMANDS,
     LOCKS,
@@ -263,10 +261,13 @@ class Cache:
         if near is not None:
             k = self.make_key(key)
             if not self._near_prefixes or k.startswith(self._near_prefixes):
-                raw = near.get(k)
-                if raw is not None:
-                    return self._value(raw, k, default)
-                return self._sync(self._get_near(k, default))
+                entry = near.get(k)
+                if entry is None:
+                    if near.admits(k):
+                        return self._sync(self._get_near(k, default))
+                    return self._sync(self._get(key, default))  # first sight: not kept yet
+                value = entry[4]
+                return self._value(entry[0], k, default) if value is ENCODED else value
         return self._sync(self._get(key, default))
 
     async def aget(self, key: Key, default: Any = None) -> Any:
@@ -274,10 +275,13 @@ class Cache:
         if near is not None:
             k = self.make_key(key)
             if not self._near_prefixes or k.startswith(self._near_prefixes):
-                raw = near.get(k)
-                if raw is not None:
-                    return self._value(raw, k, default)
-                return await self._async(self._get_near(k, default))
+                entry = near.get(k)
+                if entry is None:
+                    if near.admits(k):
+                        return await self._async(self._get_near(k, default))
+                    return await self._async(self._get(key, default))
+                value = entry[4]
+                return self._value(entry[0], k, default) if value is ENCODED else value
         return await self._async(self._get(key, default))
 
     def _value(self, raw: bytes, k: bytes, default: Any) -> Any:
@@ -305,18 +309,30 @@ class Cache:
             return self._unavailable(exc, default)
         leaf = shard.leaf()  # type: ignore[attr-defined]
         token = near.begin((k,), None if leaf is None else leaf.track())
+        read = [(b"GET", k), (b"PTTL", k)]  # pipelined: a script would cost 4 µs of Lua
         try:
-            raw, pttl = yield from scripted(
-                shard, k, REDIS.get_with_ttl((k,)), self.dialect, idempotent=True
-            )
+            try:
+                raw, pttl = yield Pipe(shard, read)
+            except ShardUnavailableError as exc:
+                if not exc.sent:
+                    raise
+                # Once more, as any read: the pooled connection may have gone stale (a
+                # server restart). A timeout opened the breaker, so this fails at once.
+                raw, pttl = yield Pipe(shard, read)
+            if isinstance(raw, ShardError):
+                raise raw
         except ShardUnavailableError as exc:
             near.abandon((k,), token)
             return self._unavailable(exc, default)
         except BaseException:
             near.abandon((k,), token)
             raise
-        near.store(k, raw, pttl, token, self._slot(k))
-        return default if raw is None else self._value(raw, k, default)
+        if raw is None:
+            near.store(k, raw, pttl, token, None)
+            return default
+        value = self._value(raw, k, ENCODED)  # ENCODED: unreadable, so not kept decoded
+        near.store(k, raw, pttl, token, self._slot(k), value)
+        return default if value is ENCODED else value
 
     def _get(self, key: Key, default: Any) -> Steps[Any]:
         # `_get_stored`'s body, inlined: one generator less on the hottest path.
@@ -820,77 +836,112 @@ class Cache:
 
     def _get_many_near(self, originals: list[KeyT], made: list[bytes]) -> Steps[dict[KeyT, Any]]:
         """`get_many` with a near cache: hits from it; the misses from their servers, one
-        script per shard (per slot) that returns each value with its TTL."""
+        pipeline per shard (MGET and each key's PTTL per slot)."""
         near = self.near
         assert near is not None
         prefixes = self._near_prefixes
-        found: dict[bytes, bytes] = {}
+        values: dict[bytes, Any] = {}  # decoded, or ENCODED until decoded below
+        raws: dict[bytes, bytes] = {}
         missing: list[bytes] = []
+        if not prefixes:
+            entries = near.get_many(made)
+            if None not in entries and not any(e[4] is ENCODED for e in entries):  # type: ignore[index]
+                # Every key held, every value immutable: the hot path.
+                return {o: e[4] for o, e in zip(originals, entries, strict=True)}  # type: ignore[index]
+            held = dict(zip(made, entries, strict=True))
+        else:
+            wanted = [k for k in made if k.startswith(prefixes)]
+            held = dict(zip(wanted, near.get_many(wanted), strict=True))
         for k in made:
-            raw = near.get(k) if not prefixes or k.startswith(prefixes) else None
-            if raw is None:
+            entry = held.get(k)
+            if entry is None:
                 missing.append(k)
             else:
-                found[k] = raw
+                values[k] = entry[4]
+                if entry[4] is ENCODED:
+                    raws[k] = entry[0]
+        fetched: list[tuple[bytes, bytes | None, int | None, Token | None]] = []
         if missing:
+            admits = near.admits
+            kept = frozenset(
+                k for k in missing if (not prefixes or k.startswith(prefixes)) and admits(k)
+            )
             try:
                 groups = self.topology.group(missing, read=True)
             except ShardUnavailableError as exc:
                 groups = {}
                 self._unavailable(exc, None)
-            yield from self._read_near(groups, found)
-        values = self.codec.decode_batch(list(map(found.get, made)), made, self._warn_unreadable)
+            yield from self._read_near(groups, kept, fetched)
+            for k, raw, _, _ in fetched:
+                if raw is not None:
+                    values[k] = ENCODED
+                    raws[k] = raw
+        if raws:
+            decoded = self.codec.decode_batch(
+                list(raws.values()), list(raws), self._warn_unreadable
+            )
+            for k, value in zip(raws, decoded, strict=True):
+                values[k] = value[1] if value.__class__ is list and _is_envelope(value) else value
+        for k, raw, pttl, token in fetched:
+            if token is not None and pttl is not None:
+                value = values.get(k, MISSING)
+                shared = ENCODED if value is MISSING else value
+                near.store(k, raw, pttl, token, self._slot(k), shared)
         return {
-            original: value[1] if value.__class__ is list and _is_envelope(value) else value
-            for original, value in zip(originals, values, strict=True)
-            if value is not MISSING
+            original: value
+            for original, k in zip(originals, made, strict=True)
+            if (value := values.get(k, MISSING)) is not MISSING and value is not ENCODED
         }
 
     def _read_near(
-        self, groups: dict[Shard, list[list[bytes]]], found: dict[bytes, bytes]
+        self,
+        groups: dict[Shard, list[list[bytes]]],
+        kept: frozenset[bytes],
+        fetched: list[tuple[bytes, bytes | None, int | None, Token | None]],
     ) -> Steps[None]:
+        """Read ``groups`` from their servers, with the TTLs of the keys to be ``kept``, into
+        ``fetched`` as ``(key, raw, pttl, token)`` (for `NearCache.store` once decoded; the
+        TTL and token are None for a key not kept)."""
         near = self.near
         assert near is not None
-        slot_of = self._slot
         tokens = {}
         for shard, runs in groups.items():
             leaf = shard.leaf()  # type: ignore[attr-defined]
             tracker = None if leaf is None else leaf.track()
-            tokens[shard] = near.begin([k for run in runs for k in run], tracker)
+            tokens[shard] = near.begin([k for run in runs for k in run if k in kept], tracker)
+        # Per run (the keys of one shard or slot): MGET, then the PTTL of each key kept.
+        mget = self.dialect.mget
         commands = {
-            shard: [REDIS.get_with_ttl(run) for run in runs] for shard, runs in groups.items()
+            shard: [
+                command
+                for run in runs
+                for command in [mget(run), *((b"PTTL", k) for k in run if k in kept)]
+            ]
+            for shard, runs in groups.items()
         }
         try:
             outcome: dict[Shard, list[Any] | ShardUnavailableError] = yield Fan(commands)
-            unknown = {
-                shard: [REDIS.unscripted(c) or c for c in commands[shard]]
-                for shard, replies in outcome.items()
-                if not isinstance(replies, ShardUnavailableError)
-                and any(
-                    isinstance(r, CommandError) and isinstance(r.reply, NoScriptError)
-                    for r in replies
-                )
-            }
-            if unknown:  # a server that never ran the script: once more, with its text
-                outcome.update((yield Fan(unknown)))
         except BaseException:
-            for shard, runs in groups.items():
-                near.abandon([k for run in runs for k in run], tokens[shard])
+            for token in tokens.values():
+                near.abandon(kept, token)
             raise
         for shard, replies in outcome.items():
             token = tokens[shard]
             if isinstance(replies, ShardUnavailableError):
-                near.abandon([k for run in groups[shard] for k in run], token)
+                near.abandon(kept, token)
                 self._unavailable(replies, None)
                 continue
-            for run, reply in zip(groups[shard], replies, strict=True):
-                if isinstance(reply, ShardError):
-                    near.abandon([k for run in groups[shard] for k in run], token)
-                    raise reply
-                for k, raw, pttl in zip(run, reply[::2], reply[1::2], strict=True):
-                    near.store(k, raw, pttl, token, slot_of(k))
-                    if raw is not None:
-                        found[k] = raw
+            error = next((reply for reply in replies if isinstance(reply, ShardError)), None)
+            if error is not None:
+                near.abandon(kept, token)
+                raise error
+            at = 0
+            for run in groups[shard]:
+                timed = [k for k in run if k in kept]
+                ttls = dict(zip(timed, replies[at + 1 : at + 1 + len(timed)], strict=True))
+                for k, raw in zip(run, replies[at], strict=True):
+                    fetched.append((k, raw, ttls.get(k), token if k in ttls else None))
+                at += 1 + len(timed)
 
     def set_many(self, mapping: Mapping[KeyT, Any], ttl: float | None = None) -> list[KeyT]:
         """Store every item (one pipeline of SET per shard); return the keys that failed."""
@@ -1071,10 +1122,6 @@ def _counters_of(topology: Any) -> Metrics:
 
 
 _ENVELOPE = "shardcache:computed"  # [_ENVELOPE, value, compute seconds, fresh until (epoch)]
-
-
-def _unknown_script(reply: Any) -> bool:
-    return isinstance(reply, CommandError) and isinstance(reply.reply, NoScriptError)
 
 
 def _is_envelope(value: list[Any]) -> bool:

@@ -424,12 +424,12 @@ class RedisShard:
     def track(self) -> Tracker | None:
         """This server's `Tracker`, started on the first call (None once closed)."""
         tracker = self.tracker
-        if tracker is not None and tracker.alive:
+        if tracker is not None and not tracker.stopped:
             return tracker
         with self._lock:
             if self.pool.closed or self._custom_factory:
                 return None
-            if self.tracker is None or not self.tracker.alive:
+            if self.tracker is None or self.tracker.stopped:
                 self.tracker = Tracker(self)
             return self.tracker
 

@@ -9,16 +9,7 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = [
-    "EXTEND_LOCK",
-    "GET_WITH_TTL",
-    "INCR_EXISTING",
-    "REDIS",
-    "SWAP",
-    "UNLOCK",
-    "RedisDialect",
-    "sha_of",
-]
+__all__ = ["EXTEND_LOCK", "INCR_EXISTING", "REDIS", "SWAP", "UNLOCK", "RedisDialect", "sha_of"]
 
 Command = tuple[Any, ...]
 
@@ -68,24 +59,9 @@ end
 return redis.call('PEXPIRE', KEYS[1], left + tonumber(ARGV[2]))
 """
 
-# Each key's value and its time to live in milliseconds (-1: none, -2: missing), for the
-# near cache, which keeps a value no longer than the server does. One script, not GET and
-# PTTL apart: one command per shard (per slot), and the keys it reads are tracked.
-GET_WITH_TTL = b"""
-local found = {}
-for i, key in ipairs(KEYS) do
-    found[2 * i - 1] = redis.call('GET', key)
-    found[2 * i] = redis.call('PTTL', key)
-end
-return found
-"""
-
-_SCRIPTS = {
-    sha_of(script): script for script in (INCR_EXISTING, SWAP, UNLOCK, EXTEND_LOCK, GET_WITH_TTL)
-}
+_SCRIPTS = {sha_of(script): script for script in (INCR_EXISTING, SWAP, UNLOCK, EXTEND_LOCK)}
 _INCR_EXISTING_SHA, _SWAP_SHA = sha_of(INCR_EXISTING), sha_of(SWAP)
 _UNLOCK_SHA, _EXTEND_LOCK_SHA = sha_of(UNLOCK), sha_of(EXTEND_LOCK)
-_GET_WITH_TTL_SHA = sha_of(GET_WITH_TTL)
 
 
 class RedisDialect:
@@ -122,9 +98,6 @@ class RedisDialect:
 
     def pttl(self, key: bytes) -> Command:
         return (b"PTTL", key)
-
-    def get_with_ttl(self, keys: Sequence[bytes]) -> Command:
-        return (b"EVALSHA", _GET_WITH_TTL_SHA, len(keys), *keys)
 
     def incrby(self, key: bytes, delta: int) -> Command:
         return (b"INCRBY", key, delta)

@@ -207,19 +207,16 @@ def _count(metrics: Metrics, step: Step, seconds: float, outcome: Any) -> None:
                 metrics.observe(shard.id, seconds, error)
 
 
-def scripted(
-    shard: Shard, key: bytes, command: Sequence[Any], dialect: Dialect, *, idempotent: bool = False
-) -> Steps[Any]:
+def scripted(shard: Shard, key: bytes, command: Sequence[Any], dialect: Dialect) -> Steps[Any]:
     """Run ``command`` on ``shard``; if it runs a script the server does not know yet, run
-    it again with the script's text (`Dialect.unscripted`). An ``idempotent`` (read-only)
-    script may be retried once on a fresh connection."""
+    it again with the script's text (`Dialect.unscripted`)."""
     try:
-        return (yield Exec(shard, command, key, idempotent))
+        return (yield Exec(shard, command, key, False))
     except CommandError as exc:
         whole = dialect.unscripted(tuple(command))
         if whole is None or not isinstance(exc.reply, NoScriptError):
             raise
-    return (yield Exec(shard, whole, key, idempotent))
+    return (yield Exec(shard, whole, key, False))
 
 
 def fan_out(

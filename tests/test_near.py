@@ -224,6 +224,7 @@ def test_a_reply_is_not_kept_when_an_invalidation_came_while_it_was_in_flight(
         wait_until(lambda: self.invalidations > seen, timeout=10, what="the invalidation")
         store(self, key, raw, *args)
 
+    pair.near.admits(pair.cache.make_key("raced"))  # missed once: the next miss is kept
     monkeypatch.setattr(NearCache, "store", late_store)
     assert pair.cache.get("raced") == "old"  # the reply of the read in flight
     monkeypatch.setattr(NearCache, "store", store)
@@ -332,7 +333,14 @@ def test_a_sentinel_failover_drops_the_old_masters_entries(
 def test_the_bounds_hold_under_many_distinct_keys(
     clean_redis_pool_servers: StandaloneRedis,
 ) -> None:
-    made = Pair("hashpool", clean_redis_pool_servers.urls, {}, MAX_ENTRIES=200, MAX_BYTES=64_000)
+    made = Pair(
+        "hashpool",
+        clean_redis_pool_servers.urls,
+        {},
+        MAX_ENTRIES=200,
+        MAX_BYTES=64_000,
+        ADMIT_FIRST=True,
+    )
     try:
         made.writer.set_many({f"b{i}": "x" * 500 for i in range(1000)})
         for leaf in made.cache.topology.shards():
@@ -348,6 +356,20 @@ def test_the_bounds_hold_under_many_distinct_keys(
         made.close()
 
 
+@pytest.mark.parametrize("kind", ["hashpool"])
+def test_a_key_is_kept_from_its_second_miss_on(pair: Pair) -> None:
+    # A doorkeeper (TinyLFU's): a key read once, the bulk of a miss-heavy load, costs no
+    # TTL lookup and evicts nothing hotter.
+    pair.writer.set_many({"once": 1, "twice": 2})
+    pair.tracker_of("once")
+    assert pair.cache.get("once") == 1
+    assert not pair.held("once")
+    assert pair.cache.get_many(["twice"]) == {"twice": 2}
+    assert not pair.held("twice")
+    assert pair.cache.get_many(["twice"]) == {"twice": 2}
+    assert pair.held("twice")
+
+
 def test_only_keys_under_the_prefixes_are_kept(clean_redis_pool_servers: StandaloneRedis) -> None:
     made = Pair("hashpool", clean_redis_pool_servers.urls, {}, PREFIXES=["hot:"])
     try:
@@ -355,6 +377,7 @@ def test_only_keys_under_the_prefixes_are_kept(clean_redis_pool_servers: Standal
         made.writer.set("cold:1", 1)
         for _ in range(3):
             assert made.cache.get("cold:1") == 1
+            assert made.cache.get_many(["cold:1", "hot:1"]) == {"cold:1": 1, "hot:1": 1}
         assert not made.held("cold:1")
     finally:
         made.close()
