@@ -44,7 +44,7 @@ UNIVERSE = 1_000_000
 
 def _options(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench near", description=__doc__)
-    parser.add_argument("--seconds", type=float, default=0.5, help="length of one slice")
+    parser.add_argument("--seconds", type=float, default=1.0, help="length of one slice")
     parser.add_argument("--rounds", type=int, default=6, help="slices per side")
     parser.add_argument("--coherence", type=float, default=5.0, help="seconds of the writer")
     parser.add_argument(
@@ -75,7 +75,8 @@ def speed(url: str, args: argparse.Namespace) -> None:
     raw = redis.Redis.from_url(url)
     pool = HashPool([url])
     near = Cache(pool, prefix="b:", near_cache={"max_entries": 20_000})
-    bare = Cache(pool, prefix="b:")
+    untracked = HashPool([url])  # its own connections: no tracking on the server either
+    bare = Cache(untracked, prefix="b:")
     hot = [f"hot:{i}" for i in range(HOT)]
     near.set_many(dict.fromkeys(hot, VALUE))
     _ready(near)
@@ -158,6 +159,7 @@ def speed(url: str, args: argparse.Namespace) -> None:
     raw.flushall()
     raw.close()
     pool.close()
+    untracked.close()
 
 
 def _writer(url: str, keys: int, seconds: float, acks: Any, ready: Any) -> None:

@@ -30,7 +30,7 @@ from redis.exceptions import ResponseError
 from shardcache.breaker import Breaker
 from shardcache.errors import ClosedError, CommandError, ShardUnavailableError
 from shardcache.lifecycle import end_watch, until_loop_ends
-from shardcache.near import confirm_redirect, redirect_command
+from shardcache.near import caching_allowed, confirm_redirect, redirect_command
 from shardcache.protocols import RecoveringShard, Shard
 
 if TYPE_CHECKING:
@@ -254,6 +254,8 @@ class AsyncConnectionPool:
             redirect = None if tracker is None else redirect_command(conn, tracker)
             if redirect is not None:
                 commands = (redirect, *commands)
+            else:
+                commands = caching_allowed(conn, commands)
             await conn.send_packed_command(pack_many(conn, commands), check_health=False)
             setattr(conn, _SENT_REDIRECT, redirect)
         except ASYNC_IO_ERRORS as exc:

@@ -51,7 +51,7 @@ from shardcache.errors import (
 from shardcache.locks import Lock
 from shardcache.logs import RateLimited
 from shardcache.metrics import Metrics, ShardMetrics
-from shardcache.near import ENCODED, NearCache, Token, near_cache_of
+from shardcache.near import CACHING, ENCODED, NearCache, Token, near_cache_of
 from shardcache.protocols import (
     COMMANDS,
     LOCKS,
@@ -265,7 +265,7 @@ class Cache:
                 if entry is None:
                     if near.admits(k):
                         return self._sync(self._get_near(k, default))
-                    return self._sync(self._get(key, default))  # first sight: not kept yet
+                    return self._sync(self._get(key, default, k))  # first sight: not kept yet
                 value = entry[4]
                 return self._value(entry[0], k, default) if value is ENCODED else value
         return self._sync(self._get(key, default))
@@ -279,7 +279,7 @@ class Cache:
                 if entry is None:
                     if near.admits(k):
                         return await self._async(self._get_near(k, default))
-                    return await self._async(self._get(key, default))
+                    return await self._async(self._get(key, default, k))
                 value = entry[4]
                 return self._value(entry[0], k, default) if value is ENCODED else value
         return await self._async(self._get(key, default))
@@ -309,18 +309,21 @@ class Cache:
             return self._unavailable(exc, default)
         leaf = shard.leaf()  # type: ignore[attr-defined]
         token = near.begin((k,), None if leaf is None else leaf.track())
-        read = [(b"GET", k), (b"PTTL", k)]  # pipelined: a script would cost 4 µs of Lua
+        # Tracked (OPTIN), then the value and its TTL, in one round trip (a script doing
+        # both would cost 4 µs of Lua on the server).
+        read = [CACHING, (b"GET", k), (b"PTTL", k)]
         try:
             try:
-                raw, pttl = yield Pipe(shard, read)
+                tracked, raw, pttl = yield Pipe(shard, read)
             except ShardUnavailableError as exc:
                 if not exc.sent:
                     raise
                 # Once more, as any read: the pooled connection may have gone stale (a
                 # server restart). A timeout opened the breaker, so this fails at once.
-                raw, pttl = yield Pipe(shard, read)
-            if isinstance(raw, ShardError):
-                raise raw
+                tracked, raw, pttl = yield Pipe(shard, read)
+            for reply in (tracked, raw):
+                if isinstance(reply, ShardError):
+                    raise reply
         except ShardUnavailableError as exc:
             near.abandon((k,), token)
             return self._unavailable(exc, default)
@@ -334,9 +337,10 @@ class Cache:
         near.store(k, raw, pttl, token, self._slot(k), value)
         return default if value is ENCODED else value
 
-    def _get(self, key: Key, default: Any) -> Steps[Any]:
-        # `_get_stored`'s body, inlined: one generator less on the hottest path.
-        k = self.make_key(key)
+    def _get(self, key: Key, default: Any, made: bytes | None = None) -> Steps[Any]:
+        # `_get_stored`'s body, inlined: one generator less on the hottest path. ``made``:
+        # the stored key, when the caller has it already.
+        k = self.make_key(key) if made is None else made
         raw = yield from self._run(k, None, self.dialect.get(k), read=True)
         if raw is None:
             return default
@@ -909,16 +913,16 @@ class Cache:
             leaf = shard.leaf()  # type: ignore[attr-defined]
             tracker = None if leaf is None else leaf.track()
             tokens[shard] = near.begin([k for run in runs for k in run if k in kept], tracker)
-        # Per run (the keys of one shard or slot): MGET, then the PTTL of each key kept.
+        # Per run (the keys of one shard or slot): MGET, tracked (OPTIN) when it holds a
+        # key to keep, then the PTTL of each key kept.
         mget = self.dialect.mget
-        commands = {
-            shard: [
-                command
-                for run in runs
-                for command in [mget(run), *((b"PTTL", k) for k in run if k in kept)]
-            ]
-            for shard, runs in groups.items()
-        }
+        commands: dict[Shard, list[Command]] = {}
+        for shard, runs in groups.items():
+            batch = commands[shard] = []
+            for run in runs:
+                timed = [k for k in run if k in kept]
+                batch += [CACHING, mget(run)] if timed else [mget(run)]
+                batch += [(b"PTTL", k) for k in timed]
         try:
             outcome: dict[Shard, list[Any] | ShardUnavailableError] = yield Fan(commands)
         except BaseException:
@@ -938,6 +942,7 @@ class Cache:
             at = 0
             for run in groups[shard]:
                 timed = [k for k in run if k in kept]
+                at += bool(timed)  # CLIENT CACHING's OK
                 ttls = dict(zip(timed, replies[at + 1 : at + 1 + len(timed)], strict=True))
                 for k, raw in zip(run, replies[at], strict=True):
                     fetched.append((k, raw, ttls.get(k), token if k in ttls else None))

@@ -23,7 +23,7 @@ from redis.exceptions import ResponseError
 from shardcache.breaker import Breaker
 from shardcache.errors import ClosedError, CommandError, ShardError, ShardUnavailableError
 from shardcache.lifecycle import forget_after_fork
-from shardcache.near import Tracker, confirm_redirect, redirect_command
+from shardcache.near import Tracker, caching_allowed, confirm_redirect, redirect_command
 from shardcache.protocols import LoopPools
 from shardcache.wire import (
     IO_ERRORS,
@@ -391,6 +391,8 @@ class RedisShard:
                 redirect = redirect_command(conn, tracker)
                 if redirect is not None:
                     commands = (redirect, *commands)
+            if redirect is None:
+                commands = caching_allowed(conn, commands)
             send(conn, pack_many(conn, commands))
         except IO_ERRORS as exc:
             abandoned = detach_timed_out(conn, connected, exc)

@@ -124,16 +124,49 @@ _HEADERS = {
 }
 
 
+# A near cache's figures (`shardcache.near.NearStats` fields): counters, then gauges.
+_NEAR = {
+    "hits": ("counter", "Reads served by the near cache."),
+    "misses": ("counter", "Reads the near cache could not serve."),
+    "stored": ("counter", "Replies kept by the near cache."),
+    "refused": ("counter", "Replies not kept: invalidated while in flight."),
+    "invalidations": ("counter", "Keys the servers said changed."),
+    "evictions": ("counter", "Entries evicted by the near cache's bounds."),
+    "flushes": ("counter", "Times the near cache dropped a server's or a slot's entries."),
+    "entries": ("gauge", "Entries in the near cache."),
+    "bytes": ("gauge", "Bytes the near cache counts for its entries."),
+}
+
+
+def _near_name(field: str) -> str:
+    kind = _NEAR[field][0]
+    return f"shardcache_near_{field}_total" if kind == "counter" else f"shardcache_near_{field}"
+
+
 def prometheus_text(
-    snapshot: Mapping[str, ShardMetrics], labels: Mapping[str, str] | None = None
+    snapshot: Mapping[str, ShardMetrics],
+    labels: Mapping[str, str] | None = None,
+    near: Any = None,
 ) -> str:
-    """``snapshot`` in Prometheus's text exposition format."""
+    """``snapshot`` in Prometheus's text exposition format; with ``near`` (a cache's
+    `NearCache`), its figures too."""
     by_family: dict[str, list[str]] = {name: [] for name in _HEADERS}
     for line in prometheus_lines(snapshot, labels):
         by_family[_family(line.split("{", 1)[0])].append(line)
     out = []
     for name, (kind, text) in _HEADERS.items():
         out += [f"# HELP {name} {text}", f"# TYPE {name} {kind}", *by_family[name]]
+    if near is not None:
+        stats = near.stats()
+        label = ",".join(f'{k}="{_label(v)}"' for k, v in (labels or {}).items())
+        for field, (kind, text) in _NEAR.items():
+            name = _near_name(field)
+            out += [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
+            out.append(
+                f"{name}{{{label}}} {getattr(stats, field)}"
+                if label
+                else f"{name} {getattr(stats, field)}"
+            )
     return "\n".join(out) + "\n"
 
 
@@ -144,11 +177,18 @@ def _family(sample: str) -> str:
     return sample
 
 
-def register_prometheus(metrics: Metrics, registry: Any = None, **labels: str) -> Any:
+def register_prometheus(
+    metrics: Metrics, registry: Any = None, *, near: Any = None, **labels: str
+) -> Any:
     """Export ``metrics`` through ``prometheus_client`` (its default registry unless
-    ``registry``); the collector it registered."""
+    ``registry``), and ``near`` (a cache's `NearCache`) when given; the collector it
+    registered."""
     from prometheus_client import REGISTRY
-    from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+    from prometheus_client.core import (
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        HistogramMetricFamily,
+    )
 
     names = ["shard", *labels]
     values = list(labels.values())
@@ -182,6 +222,13 @@ def register_prometheus(metrics: Metrics, registry: Any = None, **labels: str) -
                 latency.add_metric([m.shard, *values], buckets, m.latency_sum)
             yield from families.values()
             yield latency
+            if near is not None:
+                stats = near.stats()
+                for field, (kind, text) in _NEAR.items():
+                    maker = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+                    family = maker(f"shardcache_near_{field}", text, labels=list(labels))
+                    family.add_metric(values, getattr(stats, field))
+                    yield family
 
     collector = Collector()
     (registry or REGISTRY).register(collector)

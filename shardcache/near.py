@@ -7,7 +7,10 @@ How it stays coherent:
   listener connection subscribed to ``__redis__:invalidate`` (RESP2), read by one daemon
   thread. Data connections turn tracking on with ``REDIRECT`` to that listener, lazily,
   in the same write as their next command (`RedisShard` does it when the connection's
-  redirect is not the listener's current id). Why REDIRECT and not RESP3 pushes on the data
+  redirect is not the listener's current id), in ``OPTIN`` mode: only the reads whose
+  replies the near cache will keep are tracked (``CLIENT CACHING YES`` just before them),
+  so the server's tracking table holds those keys and no others, whatever else the
+  process reads. Why REDIRECT and not RESP3 pushes on the data
   connections: the replies on a data connection stay exactly the replies of its commands
   (our pipelines and the hiredis loop count them), the asyncio connections need nothing
   new, and one listener per server serves every connection, sync and asyncio.
@@ -48,12 +51,14 @@ if TYPE_CHECKING:
     from shardcache.connections import RedisShard
 
 __all__ = [
+    "CACHING",
     "ENCODED",
     "HEARTBEAT",
     "NearCache",
     "NearStats",
     "Token",
     "Tracker",
+    "caching_allowed",
     "confirm_redirect",
     "near_cache_of",
     "redirect_command",
@@ -253,16 +258,34 @@ def redirect_command(conn: Any, tracker: Tracker | None) -> tuple[bytes | int, .
     mark = getattr(conn, _MARK, None)
     if mark is not None and mark[1] == target and mark[0] is _transport(conn):
         return None
-    return (b"CLIENT", b"TRACKING", b"ON", b"REDIRECT", target)  # type: ignore[return-value]
+    return (b"CLIENT", b"TRACKING", b"ON", b"REDIRECT", target, b"OPTIN")  # type: ignore[return-value]
+
+
+_NOOP = (b"ECHO", b"")
+
+
+def caching_allowed(conn: Any, commands: Sequence[Sequence[Any]]) -> Sequence[Sequence[Any]]:
+    """``commands``, with a leading `CACHING` replaced by a no-op when ``conn`` has no
+    tracking on (its listener was not up yet): the server would refuse it, and a read
+    sent then is not kept anyway."""
+    if not commands or commands[0] is not CACHING:
+        return commands
+    mark = getattr(conn, _MARK, None)
+    if mark is not None and mark[0] is _transport(conn):
+        return commands
+    return [_NOOP, *commands[1:]]
 
 
 def confirm_redirect(conn: Any, tracker: Tracker, command: tuple[Any, ...], reply: Any) -> None:
     """Record ``command``'s success on ``conn``; a refusal turns ``tracker`` off."""
     if isinstance(reply, bytes | str) and reply in (b"OK", "OK"):
-        setattr(conn, _MARK, (_transport(conn), command[-1]))
+        setattr(conn, _MARK, (_transport(conn), command[4]))
     else:
         tracker.refused(reply if isinstance(reply, BaseException) else ValueError(repr(reply)))
 
+
+# Sent just before a read the near cache will keep: the server tracks that read (OPTIN).
+CACHING = (b"CLIENT", b"CACHING", b"YES")
 
 # In an entry's last field: the value is to be decoded on each hit (it could be mutated).
 ENCODED: Any = object()

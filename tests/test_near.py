@@ -562,3 +562,59 @@ def test_flask_option(clean_redis_pool_servers: StandaloneRedis) -> None:
         core: Cache = cache.cache.core
         assert core.near is not None
         assert core.near.max_entries == 10
+
+
+@pytest.mark.parametrize("kind", ["hashpool"])
+def test_near_cache_figures_are_exported_for_prometheus(pair: Pair) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from shardcache.metrics import prometheus_text, register_prometheus
+
+    pair.cached("p", 1)
+    for _ in range(10):
+        pair.cache.get("p")
+    pair.writer.set("p", 2)
+    pair.sees("p", 2, "the invalidation")
+    stats = pair.near.stats()
+    text = prometheus_text(pair.cache.metrics(), {"alias": "x"}, near=pair.near)
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    hits = families["shardcache_near_hits"].samples[0]
+    assert hits.value >= 10
+    assert hits.labels == {"alias": "x"}
+    assert families["shardcache_near_invalidations"].samples[0].value >= 1
+    assert families["shardcache_near_entries"].type == "gauge"
+    registry = CollectorRegistry()
+    register_prometheus(pair.cache.counters, registry, near=pair.near, alias="x")  # type: ignore[arg-type]
+    parsed = {f.name: f for f in text_string_to_metric_families(generate_latest(registry).decode())}
+    assert parsed["shardcache_near_stored"].samples[0].value >= stats.stored
+
+
+@pytest.mark.parametrize("kind", ["hashpool"])
+def test_the_server_tracks_only_the_keys_the_near_cache_keeps(pair: Pair) -> None:
+    # OPTIN: reads that are not kept (first sight, other caches on the topology) leave
+    # nothing in the server's tracking table.
+    leaf = pair.leaf_of("x")
+    pair.tracker_of("x")
+
+    def tracked() -> int:
+        info = leaf.execute(b"INFO", b"stats").decode()
+        return int(
+            next(line for line in info.splitlines() if "tracking_total_keys" in line).split(":")[1]
+        )
+
+    leaf.execute(b"CONFIG", b"RESETSTAT")
+    keys = [f"one{i}" for i in range(200) if pair.leaf_of(f"one{i}") is leaf]
+    pair.writer.set_many(dict.fromkeys(keys, 1))
+    before = tracked()
+    for key in keys:
+        assert pair.cache.get(key) == 1
+    plain = Cache(pair.cache.topology)  # another cache on the same connections
+    assert plain.get_many(keys) == dict.fromkeys(keys, 1)
+    assert tracked() == before
+    pair.cached("x", 1)
+    assert tracked() == before + 1
+    # Each connection is redirected once, not on every command.
+    stats = leaf.execute(b"INFO", b"commandstats").decode()
+    lines = [line for line in stats.splitlines() if line.startswith("cmdstat_client|tracking:")]
+    assert sum(int(line.split("calls=")[1].split(",")[0]) for line in lines) <= 2
