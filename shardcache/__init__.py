@@ -34,6 +34,7 @@ from shardcache.errors import (
     ShardUnavailableError,
 )
 from shardcache.locks import Lock
+from shardcache.near import NearCache, NearStats
 from shardcache.topologies import (
     Binding,
     Cluster,
@@ -82,6 +83,8 @@ __all__ = [
     "MemcacheTopology",
     "MemcachedState",
     "MissingKeyError",
+    "NearCache",
+    "NearStats",
     "NotAnIntegerError",
     "OutOfRangeError",
     "PortInUseError",

@@ -321,18 +321,19 @@ class Cache:
                 # Once more, as any read: the pooled connection may have gone stale (a
                 # server restart). A timeout opened the breaker, so this fails at once.
                 tracked, raw, pttl = yield Pipe(shard, read)
-            for reply in (tracked, raw):
-                if isinstance(reply, ShardError):
-                    raise reply
+            if isinstance(raw, ShardError):
+                raise raw
+            if isinstance(tracked, ShardError) or isinstance(pttl, ShardError):
+                pttl = None  # not tracked (the server refused it): read, but not kept
         except ShardUnavailableError as exc:
             near.abandon((k,), token)
             return self._unavailable(exc, default)
         except BaseException:
             near.abandon((k,), token)
             raise
-        if raw is None:
-            near.store(k, raw, pttl, token, None)
-            return default
+        if raw is None or pttl is None:
+            near.abandon((k,), token)
+            return default if raw is None else self._value(raw, k, default)
         value = self._value(raw, k, ENCODED)  # ENCODED: unreadable, so not kept decoded
         near.store(k, raw, pttl, token, self._slot(k), value)
         return default if value is ENCODED else value
@@ -935,17 +936,20 @@ class Cache:
                 near.abandon(kept, token)
                 self._unavailable(replies, None)
                 continue
-            error = next((reply for reply in replies if isinstance(reply, ShardError)), None)
-            if error is not None:
-                near.abandon(kept, token)
-                raise error
             at = 0
             for run in groups[shard]:
                 timed = [k for k in run if k in kept]
-                at += bool(timed)  # CLIENT CACHING's OK
-                ttls = dict(zip(timed, replies[at + 1 : at + 1 + len(timed)], strict=True))
-                for k, raw in zip(run, replies[at], strict=True):
-                    fetched.append((k, raw, ttls.get(k), token if k in ttls else None))
+                untracked = bool(timed) and isinstance(replies[at], ShardError)
+                at += bool(timed)  # CLIENT CACHING's reply: an error only says "not kept"
+                values = replies[at]
+                if isinstance(values, ShardError):
+                    near.abandon(kept, token)
+                    raise values
+                ttls = {} if untracked else dict(zip(timed, replies[at + 1 :], strict=False))
+                for k, raw in zip(run, values, strict=True):
+                    pttl = ttls.get(k)
+                    keep = isinstance(pttl, int)  # None, or an error reply: not kept
+                    fetched.append((k, raw, pttl if keep else None, token if keep else None))
                 at += 1 + len(timed)
 
     def set_many(self, mapping: Mapping[KeyT, Any], ttl: float | None = None) -> list[KeyT]:

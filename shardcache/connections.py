@@ -424,12 +424,15 @@ class RedisShard:
     # --- the near cache -------------------------------------------------------------------
 
     def track(self) -> Tracker | None:
-        """This server's `Tracker`, started on the first call (None once closed)."""
+        """This server's `Tracker`, started on the first call (None once closed, or when
+        the server refused tracking: it is not asked again)."""
         tracker = self.tracker
         if tracker is not None and not tracker.stopped:
             return tracker
         with self._lock:
             if self.pool.closed or self._custom_factory:
+                return None
+            if self.tracker is not None and self.tracker.refusal is not None:
                 return None
             if self.tracker is None or self.tracker.stopped:
                 self.tracker = Tracker(self)
@@ -440,6 +443,7 @@ class RedisShard:
         in RESP2 (invalidations arrive as messages of a subscribed channel)."""
         kwargs = {k: v for k, v in self._kwargs.items() if k != "redis_connect_func"}
         kwargs["protocol"] = 2
+        kwargs["decode_responses"] = False  # the keys as stored, bytes
         return self._connection_class, kwargs
 
     def _stop_tracking(self) -> None:

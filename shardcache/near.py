@@ -93,6 +93,7 @@ class Tracker:
         self.losses = 0
         self._closed = threading.Event()
         self.stopped = False  # closed, or its thread ended (a plain flag: read on each miss)
+        self.refusal: str | None = None  # why the server refused tracking, if it did
         self._conn: Any = None
         self._reading = threading.Lock()  # the listener's socket: its thread, or `drain`
         self._heard = 0.0
@@ -111,8 +112,9 @@ class Tracker:
             time.sleep(0.005)
         return self.ready
 
-    def close(self) -> None:
-        """Stop listening, and drop the entries read from this server."""
+    def close(self, *, wait: bool = True) -> None:
+        """Stop listening, and drop the entries read from this server (``wait``: until the
+        listener's thread has ended)."""
         self.stopped = True
         self._closed.set()
         self._lost("closed")
@@ -120,7 +122,7 @@ class Tracker:
         if conn is not None:
             with contextlib.suppress(Exception):
                 conn.disconnect()  # wakes the thread out of its read
-        if self._thread is not threading.current_thread():
+        if wait and self._thread is not threading.current_thread():
             self._thread.join(5)
 
     @property
@@ -205,7 +207,7 @@ class Tracker:
             return
         try:
             self._read_waiting(conn)
-        except Exception:
+        except Exception:  # a broken listener: its own thread sees it and reconnects
             pass
         finally:
             self._reading.release()
@@ -233,12 +235,15 @@ class Tracker:
 
     def refused(self, error: BaseException) -> None:
         """The server refused ``CLIENT TRACKING`` (an ACL, a proxy): no near cache for it."""
-        logger.error(
-            "shardcache: %s refused CLIENT TRACKING (%s); the near cache does not keep its values",
-            self.name,
-            error,
-        )
-        self.close()
+        if self.refusal is None:
+            logger.error(
+                "shardcache: %s refused CLIENT TRACKING (%s); the near cache does not keep "
+                "its values",
+                self.name,
+                error,
+            )
+        self.refusal = str(error)
+        self.close(wait=False)  # from a caller's thread (or event loop): never block it
 
 
 _MARK = "_shardcache_redirect"  # on a data connection: (its socket or writer, listener id)

@@ -352,6 +352,31 @@ def test_a_restarted_server_empties_its_entries(
         made.close()
 
 
+def test_a_listener_that_misses_its_heartbeat_drops_its_entries(
+    clean_redis_pool_servers: StandaloneRedis,
+) -> None:
+    # A paused server answers nothing, invalidations included: after three heartbeats
+    # without an answer its entries go, though the connection never dropped.
+    made = Pair("hashpool", clean_redis_pool_servers.urls, {})
+    try:
+        made.cached("beat", "before")
+        tracker = made.tracker_of("beat")
+        epoch = tracker.epoch
+        server = next(s for s in clean_redis_pool_servers.servers if f":{s.port}/" in tracker.name)
+        server.pause()
+        try:
+            wait_until(lambda: tracker.epoch > epoch, timeout=15, what="the missed heartbeat")
+            assert not made.held("beat")
+        finally:
+            server.resume()
+        wait_until(lambda: tracker.ready, timeout=15, what="a new listener")
+        made.cached("beat", "after")
+        made.writer.set("beat", "later")
+        made.sees("beat", "later", "invalidations after the pause")
+    finally:
+        made.close()
+
+
 def test_a_slot_moving_to_another_master_drops_its_entries(
     clean_redis_cluster: RedisCluster,
 ) -> None:
@@ -395,6 +420,40 @@ def test_a_sentinel_failover_drops_the_old_masters_entries(
         made.sees("failing", "later", "an invalidation from the new master")
     finally:
         made.close()
+
+
+def test_a_server_that_refuses_tracking_is_read_as_usual_and_nothing_is_kept(
+    clean_redis_pool_servers: StandaloneRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = clean_redis_pool_servers.servers[0]
+    admin = server.client()
+    admin.execute_command(
+        "ACL", "SETUSER", "untracked", "on", ">pw", "~*", "&*", "+@all", "-client|tracking"
+    )
+    made = Pair("hashpool", [f"redis://untracked:pw@127.0.0.1:{server.port}/0"], {})
+    try:
+        made.writer.set("k", 1)
+        leaf = made.leaf_of("k")
+        tracker = leaf.track()
+        assert tracker is not None
+        wait_until(
+            lambda: made.cache.get("k") == 1 and tracker.refusal is not None,
+            timeout=10,
+            what="the refusal",
+        )
+        for _ in range(20):
+            assert made.cache.get("k") == 1
+            assert made.cache.get_many(["k"]) == {"k": 1}
+        assert not made.held("k")
+        assert leaf.track() is None  # not asked again: no thread started per read
+        made.writer.set("k", 2)
+        assert made.cache.get("k") == 2
+        assert not [t for t in threading.enumerate() if t.name.startswith("shardcache-near")]
+        assert sum("refused CLIENT TRACKING" in r.getMessage() for r in caplog.records) == 1
+    finally:
+        made.close()
+        admin.execute_command("ACL", "DELUSER", "untracked")
+        admin.close()
 
 
 # --- bounds, lifecycle --------------------------------------------------------------------------

@@ -26,6 +26,8 @@ MODULES = [
     "shardcache.connections",
     "shardcache.errors",
     "shardcache.hashing",
+    "shardcache.near",
+    "shardcache.fence",
     "shardcache.protocols",
     "shardcache.serializers",
     "shardcache.topologies",

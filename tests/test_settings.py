@@ -43,6 +43,7 @@ VALUES: dict[str, tuple[Any, Any]] = {
     "INVALIDATE_NON_ACTIVE": (1, 2),
     "SHARD_STATES_FILE": (os.path.join(tempfile.gettempdir(), "states.json"), "/no/such/dir/s"),
     "STAMPEDE": ({"BETA": 1, "WAIT": 5}, {"WAIT": "soon"}),
+    "NEAR_CACHE": ({"MAX_ENTRIES": 100, "PREFIXES": ["a:"]}, {"MAX_ENTRIES": 0}),
     "SERIALIZER": ("json", "yaml"),
     "COMPRESSOR": ("zlib", "brotli"),
     "SIGNING_SECRET": (["a newer secret!!", "an older secret!"], "short"),
