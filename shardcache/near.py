@@ -35,6 +35,7 @@ import contextlib
 import itertools
 import logging
 import math
+import select
 import threading
 import time
 import weakref
@@ -177,8 +178,21 @@ class Tracker:
         self.epoch += 1
         self.ready = True
         self._heard = pinged = time.monotonic()
+        # Wait on the socket itself, outside the lock: redis-py's can_read may read into
+        # the parser's buffer (its pure-Python parser does), which only the holder of
+        # ``_reading`` may touch; with another thread draining, that lost and replayed
+        # messages. Without the socket, can_read is called under the lock.
+        sock = getattr(conn, _SOCK, None)
+        poller = select.poll()
+        if sock is not None:
+            poller.register(sock, select.POLLIN)
         while not self._closed.is_set():
-            if conn.can_read(timeout=HEARTBEAT / 4):
+            if sock is not None:
+                ready = bool(poller.poll(HEARTBEAT / 4 * 1000))
+            else:
+                with self._reading:
+                    ready = conn.can_read(timeout=HEARTBEAT / 4)
+            if ready:
                 with self._reading:
                     self._read_waiting(conn)
                 continue
@@ -285,6 +299,10 @@ def confirm_redirect(conn: Any, tracker: Tracker, command: tuple[Any, ...], repl
     """Record ``command``'s success on ``conn``; a refusal turns ``tracker`` off."""
     if isinstance(reply, bytes | str) and reply in (b"OK", "OK"):
         setattr(conn, _MARK, (_transport(conn), command[4]))
+    elif "does not exist" in str(reply):
+        # The listener died since: its thread notices and dials a new one (a new epoch, so
+        # nothing read through this connection meanwhile is kept); not a refusal.
+        return
     else:
         tracker.refused(reply if isinstance(reply, BaseException) else ValueError(repr(reply)))
 

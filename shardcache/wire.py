@@ -86,6 +86,12 @@ try:
     from hiredis import pack_command as _hiredis_pack
 except ImportError:  # pragma: no cover - hiredis is optional
     _hiredis_pack = HiredisReader = None
+# A RESP3 push on a data connection (hiredis >= 3.2 types it): not a reply to any command.
+# The one we meet is the server's "tracking-redir-broken" when the near cache's listener is
+# gone; the listener's own thread handles that loss. Skipped, never counted as a reply.
+_PUSH: Any = None
+with contextlib.suppress(ImportError):
+    from hiredis import PushNotification as _PUSH
 
 # What a reply is, as hiredis hands it back (errors aside), RESP2 and RESP3: redis-py 8
 # speaks RESP3, where ZSCORE is a double (float), HGETALL a map (dict) and SMEMBERS a set
@@ -174,11 +180,14 @@ def read_one(conn: Any) -> Any:
     """One reply from a sync connection; an error reply raises it (a ``ResponseError``)."""
     gets, refill = _hiredis_of(conn)
     if gets is None:
-        return conn.read_response()
+        # Kept open after a timeout, for the fence (`detach_timed_out`); we discard it.
+        return conn.read_response(disconnect_on_error=False)
     while True:
         reply = gets()
         if reply.__class__ in REPLY_TYPES or reply is True:
             return reply
+        if reply.__class__ is _PUSH:
+            continue
         if isinstance(reply, Exception):
             raise reply  # an error reply, or a connection error hiredis handed back
         refill()  # not a whole reply yet
@@ -227,6 +236,8 @@ def read_many(conn: Any, count: int) -> list[Any]:
             reply = gets()
             if reply.__class__ in reply_types or reply is True:
                 replies.append(reply)
+            elif reply.__class__ is _PUSH:
+                continue
             elif isinstance(reply, RedisConnectionError):
                 raise reply
             elif isinstance(reply, Exception):
@@ -236,7 +247,7 @@ def read_many(conn: Any, count: int) -> list[Any]:
         return replies
     for _ in range(count):
         try:
-            replies.append(conn.read_response())
+            replies.append(conn.read_response(disconnect_on_error=False))
         except ResponseError as exc:
             replies.append(exc)
     return replies
@@ -253,6 +264,8 @@ async def read_many_async(conn: Any, count: int, read_timeout: float | None) -> 
                 reply = gets()
                 if reply.__class__ in reply_types or reply is True:
                     replies.append(reply)
+                elif reply.__class__ is _PUSH:
+                    continue
                 elif isinstance(reply, RedisConnectionError):
                     raise reply
                 elif isinstance(reply, Exception):

@@ -625,6 +625,7 @@ def test_flask_option(clean_redis_pool_servers: StandaloneRedis) -> None:
 
 @pytest.mark.parametrize("kind", ["hashpool"])
 def test_near_cache_figures_are_exported_for_prometheus(pair: Pair) -> None:
+    pytest.importorskip("prometheus_client")
     from prometheus_client import CollectorRegistry, generate_latest
     from prometheus_client.parser import text_string_to_metric_families
 
