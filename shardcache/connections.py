@@ -10,6 +10,7 @@ through a full ``redis.Redis`` client built from the same settings (`RedisShard.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections import deque
@@ -20,6 +21,7 @@ import redis
 from redis.connection import AbstractConnection
 from redis.exceptions import ResponseError
 
+from shardcache import wire
 from shardcache.breaker import Breaker
 from shardcache.errors import ClosedError, CommandError, ShardError, ShardUnavailableError
 from shardcache.lifecycle import forget_after_fork
@@ -47,6 +49,9 @@ __all__ = [
     "RedisShard",
     "after_failure",
 ]
+
+logger = logging.getLogger(__name__)
+_warned_old_hiredis: list[bool] = []  # the old-hiredis line is logged once per process
 
 # Commands the cache layer sends that change nothing: safe to send twice.
 READ_COMMANDS = frozenset({b"GET", b"MGET", b"EXISTS", b"PTTL", b"TTL"})
@@ -433,6 +438,14 @@ class RedisShard:
             if self.pool.closed or self._custom_factory:
                 return None
             if self.tracker is not None and self.tracker.refusal is not None:
+                return None
+            if not wire.tells_pushes_apart():
+                if not _warned_old_hiredis:
+                    _warned_old_hiredis.append(True)
+                    logger.error(
+                        "shardcache: hiredis older than 3.2 cannot tell a RESP3 push from a "
+                        "reply; the near cache keeps nothing (upgrade hiredis)"
+                    )
                 return None
             if self.tracker is None or self.tracker.stopped:
                 self.tracker = Tracker(self)

@@ -57,6 +57,7 @@ __all__ = [
     "read_one",
     "send",
     "server_down",
+    "tells_pushes_apart",
     "timed_out",
 ]
 
@@ -131,6 +132,12 @@ def server_down(connected: bool, error: BaseException) -> bool:
     and then reset shows no more than that connection's end (a pooled one gone stale when
     the server restarted or closed it as idle): the next fresh connection will tell."""
     return not connected or timed_out(error)
+
+
+def tells_pushes_apart() -> bool:
+    """Whether our read loops can skip a RESP3 push (always, but with a hiredis too old to
+    type them): the near cache's tracking can bring one onto a data connection."""
+    return HiredisReader is None or _PUSH is not None
 
 
 def detach_timed_out(conn: Any, connected: bool, error: BaseException) -> socket.socket | None:

@@ -678,3 +678,23 @@ def test_the_server_tracks_only_the_keys_the_near_cache_keeps(pair: Pair) -> Non
     stats = leaf.execute(b"INFO", b"commandstats").decode()
     lines = [line for line in stats.splitlines() if line.startswith("cmdstat_client|tracking:")]
     assert sum(int(line.split("calls=")[1].split(",")[0]) for line in lines) <= 2
+
+
+def test_a_hiredis_that_cannot_tell_pushes_from_replies_turns_the_near_cache_off(
+    clean_redis_pool_servers: StandaloneRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # hiredis < 3.2 hands a RESP3 push back as a plain list: a "tracking-redir-broken"
+    # would then be taken for a reply. Faked here: no such hiredis is installed.
+    from shardcache import wire
+
+    monkeypatch.setattr(wire, "_PUSH", None)
+    monkeypatch.setattr(wire, "HiredisReader", object)
+    made = Pair("hashpool", clean_redis_pool_servers.urls, {})
+    try:
+        made.writer.set("k", 1)
+        for _ in range(3):
+            assert made.cache.get("k") == 1
+        assert made.leaf_of("k").track() is None
+        assert not made.held("k")
+    finally:
+        made.close()
