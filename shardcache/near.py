@@ -118,7 +118,7 @@ class Tracker:
         listener's thread has ended)."""
         self.stopped = True
         self._closed.set()
-        self._lost("closed")
+        self._lost()
         conn = self._conn
         if conn is not None:
             with contextlib.suppress(Exception):
@@ -155,7 +155,7 @@ class Tracker:
                         self.name,
                         exc,
                     )
-            self._lost("listener lost")
+            self._lost()
             conn, self._conn = self._conn, None
             if conn is not None:
                 with contextlib.suppress(Exception):
@@ -236,7 +236,7 @@ class Tracker:
             else:
                 cache.invalidate(keys)
 
-    def _lost(self, why: str) -> None:
+    def _lost(self) -> None:
         # Not ready before the new epoch: no token taken from now on is honoured, then
         # every entry read from this server goes.
         was_ready = self.ready

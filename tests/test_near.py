@@ -43,6 +43,11 @@ def _entry(request: pytest.FixtureRequest, kind: str) -> tuple[list[str], dict[s
     return described["sentinels"], {"MASTERS": described["names"]}
 
 
+def _server_of(servers: StandaloneRedis, tracker: Tracker) -> Any:
+    """The process of the server ``tracker`` listens to."""
+    return next(s for s in servers.servers if f":{s.port}/" in tracker.name)
+
+
 class Pair:
     """A near cache, and a writer on a topology of its own (another process, as far as the
     servers can tell: other connections, no shared near cache)."""
@@ -340,7 +345,7 @@ def test_a_restarted_server_empties_its_entries(
         made.cached("r", "before")
         tracker = made.tracker_of("r")
         epoch = tracker.epoch
-        server = next(s for s in clean_redis_pool_servers.servers if f":{s.port}/" in tracker.name)
+        server = _server_of(clean_redis_pool_servers, tracker)
         server.kill()  # a crash: nothing it held was invalidated
         wait_until(lambda: tracker.epoch > epoch, timeout=10, what="the loss noticed")
         assert not made.held("r")
@@ -362,7 +367,7 @@ def test_a_listener_that_misses_its_heartbeat_drops_its_entries(
         made.cached("beat", "before")
         tracker = made.tracker_of("beat")
         epoch = tracker.epoch
-        server = next(s for s in clean_redis_pool_servers.servers if f":{s.port}/" in tracker.name)
+        server = _server_of(clean_redis_pool_servers, tracker)
         server.pause()
         try:
             wait_until(lambda: tracker.epoch > epoch, timeout=15, what="the missed heartbeat")
