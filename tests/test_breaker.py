@@ -288,20 +288,42 @@ def test_django_backends_start_and_miss_while_their_servers_are_down(kind: str) 
         assert cache.delete("k") is False
 
 
-def test_flask_cluster_backend_misses_while_the_cluster_is_down() -> None:
+FLASK_DOWN = {
+    "hashpool": {
+        "CACHE_TYPE": "shardcache_flask.ShardedRedisCache",
+        "CACHE_SHARDCACHE_SERVERS": ["redis://127.0.0.1:1/0"],
+    },
+    "cluster": {
+        "CACHE_TYPE": "shardcache_flask.RedisClusterCache",
+        "CACHE_REDIS_CLUSTER": "127.0.0.1:1",
+    },
+    "sentinel": {
+        "CACHE_TYPE": "shardcache_flask.RedisSentinelCache",
+        "CACHE_REDIS_SENTINELS": [("127.0.0.1", 1)],
+        "CACHE_SHARDCACHE_MASTERS": ["bucket0"],
+    },
+    "memcache": {
+        "CACHE_TYPE": "shardcache_flask.ShardedMemcacheCache",
+        "CACHE_MEMCACHED_SERVERS": ["127.0.0.1:1"],
+    },
+}
+
+
+@pytest.mark.parametrize("kind", sorted(FLASK_DOWN))
+def test_flask_backends_miss_while_their_servers_are_down(kind: str) -> None:
     from flask import Flask
     from flask_caching import Cache as FlaskCache
 
     app = Flask(__name__)
-    app.config.update(
-        CACHE_TYPE="shardcache_flask.RedisClusterCache",
-        CACHE_REDIS_CLUSTER="127.0.0.1:1",
-        CACHE_SHARDCACHE_IGNORE_ERRORS=True,
-    )
+    app.config.update(FLASK_DOWN[kind], CACHE_SHARDCACHE_IGNORE_ERRORS=True)
     cache = FlaskCache(app)
     with app.app_context():
         assert cache.get("k") is None
         assert cache.set("k", 1) is False
+        assert cache.add("k", 1) is False
+        assert cache.get_many("a", "b") == [None, None]
+        assert cache.has("k") is False
+        assert cache.delete("k") is False
 
 
 def test_a_deferred_topology_is_built_once_its_servers_answer(

@@ -66,11 +66,13 @@ class Load:
     # Writes the API cannot confirm (Django's set returns None, and with IGNORE_ERRORS a
     # failed one says nothing): a value counts as acknowledged once read back.
     blind_writes: bool = False
-    shard_of: Callable[[str], str] | None = None  # for per-shard latency
+    shard_of: Callable[[str], str] | None = None  # for per-shard latency and errors
     acked: dict[str, int] = field(default_factory=dict)
     counted: dict[str, int] = field(default_factory=dict)
     errors: list[float] = field(default_factory=list)
     durations: list[tuple[str, float]] = field(default_factory=list)
+    # Caller errors by the shard of the call's key ("*" for get_many, which spans shards).
+    failed_on: dict[str, int] = field(default_factory=dict)
     kinds: dict[str, int] = field(default_factory=dict)
     misses: int = 0
     stale: int = 0
@@ -78,10 +80,15 @@ class Load:
     longest: float = 0.0
     stop: threading.Event = field(default_factory=threading.Event)
 
-    def _timed(self, key: str, call: Callable[[], Any]) -> Any:
+    def _timed(self, key: str, call: Callable[[], Any], *, many: bool = False) -> Any:
         started = time.monotonic()
         try:
             return call()
+        except Exception as exc:
+            if self.shard_of is not None and not isinstance(exc, MissingKeyError):
+                shard = "*" if many else self.shard_of(key)
+                self.failed_on[shard] = self.failed_on.get(shard, 0) + 1
+            raise
         finally:
             took = time.monotonic() - started
             self.longest = max(self.longest, took)
@@ -108,7 +115,7 @@ class Load:
                     self.stale += 1
                 if n % 8 == 0:
                     keys = [f"t{thread}:{j}" for j in range(KEYS_PER_THREAD)]
-                    found = self._timed(key, functools.partial(cache.get_many, keys))
+                    found = self._timed(key, functools.partial(cache.get_many, keys), many=True)
                     self.stale += sum(
                         1 for k, v in found.items() if v is not None and v < self.acked.get(k, 0)
                     )
@@ -129,12 +136,15 @@ class Load:
                 time.sleep(0.005)
 
     @contextmanager
-    def running(self) -> Iterator[Load]:
+    def running(self, *, acked: bool = True) -> Iterator[Load]:
+        """The load running for the block; first, unless ``acked`` is False, until each
+        thread has had a write acknowledged."""
         workers = [threading.Thread(target=self._work, args=(i,)) for i in range(self.threads)]
         for worker in workers:
             worker.start()
         try:
-            wait_until(lambda: len(self.acked) >= self.threads, timeout=30, what="the load")
+            if acked:
+                wait_until(lambda: len(self.acked) >= self.threads, timeout=30, what="the load")
             yield self
         finally:
             self.stop.set()

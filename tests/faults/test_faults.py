@@ -20,13 +20,21 @@ from typing import Any
 import pytest
 import redis
 
-from shardcache import Cache, Cluster, HashPool, MemcachedState, SentinelClient
+from shardcache import (
+    Cache,
+    Cluster,
+    HashPool,
+    MemcachedState,
+    SentinelClient,
+    ShardUnavailableError,
+)
 from shardcache.registry import Registry
 from shardcache.testing import (
     MemcachedServers,
     RedisCluster,
     RedisSentinel,
     StandaloneRedis,
+    pick_port,
     wait_until,
 )
 from shardcache.testing.servers import RedisServer
@@ -138,12 +146,48 @@ def test_a_paused_redis_shard_costs_one_timeout_then_fails_fast(
     others = [took for shard, took in during if shard != sick.id]
     row.p99_others_ms = _p99(others)
     slow = sum(1 for took in sick_calls if took > 0.5)
-    row.note(f"{slow} calls to it waited out the timeout, {len(sick_calls) - slow} failed fast")
+    fast = [took for took in sick_calls if took <= 0.5]
+    row.note(
+        f"{slow} calls to it waited out the timeout, {len(fast)} failed fast "
+        f"(p99 {_p99(fast):.2f} ms, max {max(fast, default=0) * 1000:.2f} ms)"
+    )
     ROWS.append(row)
     assert (row.hung, row.lost, row.stale) == (0, 0, 0)
     assert row.longest_stall < 2.5  # one socket timeout, never the 3 s pause
     assert slow <= load.threads  # about one timeout per thread, then the breaker
     assert len(sick_calls) > 10 * slow  # the rest failed fast
+
+
+# --- servers down at start --------------------------------------------------------------
+
+_DEAD = {
+    "hashpool": ("redis://127.0.0.1:{port}/0", {}),
+    "cluster": ("127.0.0.1:{port}", {}),
+    "sentinel": ("127.0.0.1:{port}", {"MASTERS": ["bucket0"]}),
+    "memcache": ("127.0.0.1:{port}", {}),
+}
+
+
+@pytest.mark.parametrize("kind", list(_DEAD))
+def test_servers_down_at_start_are_misses_with_ignore_errors(
+    kind: str, registry: Registry, api: str
+) -> None:
+    address, options = _DEAD[kind]
+    location = [address.format(port=pick_port())]  # nothing listens there
+    options = {**options, "IGNORE_ERRORS": True, "CONNECT_TIMEOUT": 0.5, "RETRY_TIMEOUT": 1}
+    with _loaded(api, kind, location, options, registry) as (load, _, _):
+        started = time.monotonic()
+        with load.running(acked=False):
+            load.settle(1.5)
+        row = load.row(
+            f"{kind} servers down at start (ignore_errors), through {api}",
+            started,
+            count_lost=False,
+        )
+    ROWS.append(row)
+    assert (row.errors, row.stale, row.hung) == (0, 0, 0)
+    assert row.misses > 0
+    assert not load.acked
 
 
 # --- memcached shard killed --------------------------------------------------------------
@@ -184,6 +228,53 @@ def test_a_killed_memcached_shard_misses_then_warms_up_and_serves_again(
     assert served_after < 1 + 1 + 5  # retry_timeout + 1 s, with room for a busy machine
 
 
+def test_a_killed_memcached_shard_errs_only_for_its_own_keys(
+    clean_memcached_servers: MemcachedServers, registry: Registry
+) -> None:
+    # Without ignore_errors: the callers of the dead shard's keys get a typed error, nobody
+    # else does (get_many, which spans every shard, is counted apart).
+    servers = clean_memcached_servers
+    victim = servers.servers[1]
+    cache = registry.cache("memcache", servers.addresses, {"RETRY_TIMEOUT": 1}, prefix="t:")
+    load = Load(cache, threads=4)
+    load.shard_of = lambda key: str(_shard_index(cache, key))
+    key = next(f"k{i}" for i in range(1000) if _on(cache, f"k{i}", 1))
+    with load.running():
+        load.settle(0.5)
+        fault = time.monotonic()
+        victim.kill()
+        load.settle(2.0)
+        victim.restart()
+        restarted = time.monotonic()
+        wait_until(lambda: _stores(cache, key), timeout=15, what="served")
+        served_after = time.monotonic() - restarted
+        load.settle(0.5)
+    row = load.row(
+        "memcached shard killed and restarted, no ignore_errors, through Cache",
+        fault,
+        count_lost=False,
+    )  # a restarted memcached is empty
+    failed = load.failed_on
+    others = sum(count for shard, count in failed.items() if shard not in ("1", "*"))
+    row.note(
+        f"errors: {failed.get('1', 0)} on its keys, {others} on other shards' keys, "
+        f"{failed.get('*', 0)} get_many over every shard; served again {served_after:.2f}s "
+        "after its restart"
+    )
+    ROWS.append(row)
+    assert (row.stale, row.hung) == (0, 0)
+    assert failed.get("1", 0) > 0  # its own callers were told
+    assert others == 0
+    assert served_after < 1 + 1 + 5  # retry_timeout + 1 s, with room for a busy machine
+
+
+def _stores(cache: Cache, key: str) -> bool:
+    try:
+        return cache.set(key, 1) and cache.get(key) == 1
+    except ShardUnavailableError:
+        return False
+
+
 def test_a_paused_memcached_shard_costs_one_timeout_then_misses(
     clean_memcached_servers: MemcachedServers, registry: Registry, api: str
 ) -> None:
@@ -206,9 +297,13 @@ def test_a_paused_memcached_shard_costs_one_timeout_then_misses(
     assert row.longest_stall < 2.5  # one socket timeout, never the 3 s pause
 
 
-def _on(cache: Cache, key: str, index: int) -> bool:
+def _shard_index(cache: Cache, key: str) -> int | None:
     handle = cache.topology.client.manager.get_shard(cache.make_key(key))  # type: ignore[attr-defined]
-    return handle is not None and handle.index == index
+    return None if handle is None else int(handle.index)
+
+
+def _on(cache: Cache, key: str, index: int) -> bool:
+    return _shard_index(cache, key) == index
 
 
 # --- Redis Sentinel ----------------------------------------------------------------------
