@@ -70,7 +70,7 @@ def compare(
         ratio = ratios[name] = rate["ours"] / rate["theirs"]
         target = targets.get(name)
         verdict = (
-            f"{target:>7.1f}x {'ok' if ratio >= target else 'MISS':<5}" if target else " " * 14
+            f"{target:>7.2f}x {'ok' if ratio >= target else 'MISS':<5}" if target else " " * 14
         )
         line = f"{name:<15}{rate['ours']:>13,.0f}{rate['theirs']:>22,.0f}{ratio:>7.2f}x{verdict}"
         if "floor" in rate:

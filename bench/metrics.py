@@ -12,13 +12,32 @@ Targets (ratios): get, set and get_many(100) with counters >= 0.97x without.
 from __future__ import annotations
 
 import statistics
+import timeit
+from time import perf_counter
 
 from bench.harness import compare, cost_per_call, slice_options
 from shardcache import Cache, HashPool
+from shardcache.drivers import Exec, _count
+from shardcache.metrics import Metrics
 from shardcache.testing import StandaloneRedis
 
 TARGETS = {"get": 0.97, "set": 0.97, "get_many(100)": 0.97}
 VALUE = "v" * 64
+
+
+def _one_count(pool: HashPool) -> float:
+    """What counting one call costs the driver: two clock reads and `drivers._count`
+    of an `Exec` step, best of seven runs (µs)."""
+    metrics = Metrics()
+    step = Exec(pool.shards()[0], ("GET", b"k"), b"k", True)
+
+    def count() -> None:
+        began = perf_counter()
+        _count(metrics, step, perf_counter() - began, b"v")
+
+    bare = min(timeit.repeat(lambda: None, number=200_000, repeat=7))
+    counted = min(timeit.repeat(count, number=200_000, repeat=7))
+    return (counted - bare) / 200_000 * 1e6
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -52,4 +71,5 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{name:<20}{with_:>13.2f}{without:>10.2f}{with_ - without:>+8.2f}")
         calls = sum(m.operations for m in counted.metrics().values())
         print(f"\n({calls:,} calls counted)")
+        print(f"one count alone (timed apart, no round trip): {_one_count(pool):.2f} µs")
         pool.close()

@@ -22,7 +22,7 @@ __all__ = ["BOUNDS", "Metrics", "ShardMetrics", "prometheus_text", "register_pro
 
 # Histogram bucket upper bounds, in seconds (Prometheus's ``le``), then +Inf.
 BOUNDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
-_OPS, _ERRORS, _TIMEOUTS, _SUM, _FIRST_BUCKET = 0, 1, 2, 3, 4
+_OPS, _ERRORS, _TIMEOUTS, _SUM, _FIRST_BUCKET = 0, 1, 2, 3, 4  # a row's columns
 _WIDTH = _FIRST_BUCKET + len(BOUNDS) + 1
 
 
@@ -61,9 +61,10 @@ class Metrics:
             row = self._local.table[shard]
         except (AttributeError, KeyError):
             row = self._table().setdefault(shard, [0] * 3 + [0.0] + [0] * (_WIDTH - 4))
-        row[_OPS] += 1
-        row[_SUM] += seconds
-        row[_FIRST_BUCKET + bisect_left(BOUNDS, seconds)] += 1
+        # Literal indices (_OPS, _SUM, _FIRST_BUCKET): this runs on every call.
+        row[0] += 1
+        row[3] += seconds
+        row[4 + bisect_left(BOUNDS, seconds)] += 1
         if error is not None:
             row[_ERRORS] += 1
             cause = error.__cause__ or error

@@ -68,3 +68,18 @@ def test_every_error_is_a_shardcache_error() -> None:
 
     for name in errors.__all__:
         assert issubclass(getattr(errors, name), shardcache.ShardcacheError)
+
+
+def test_the_readme_names_every_option_each_backend_takes() -> None:
+    # The Django section lists the OPTIONS; a new option must be documented there too.
+    from pathlib import Path
+
+    from shardcache.backends import OPTIONS
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    django = readme.split("\n## Django\n")[1].split("\n## ")[0]
+    missing = {
+        kind: sorted(name for name in names if f"`{name}`" not in django)
+        for kind, names in OPTIONS.items()
+    }
+    assert missing == {kind: [] for kind in OPTIONS}
