@@ -483,7 +483,8 @@ def _kill_a_master(
         errors_then = len(load.errors)
         load.settle(1.5)
     row = load.row(scenario, fault)
-    row.note(f"promoted {took:.1f}s after the kill; errors only until then")
+    after = len(load.errors) - errors_then
+    row.note(f"promoted {took:.1f}s after the kill; {after} errors after the promotion")
     ROWS.append(row)
     assert (row.stale, row.hung) == (0, 0)
     assert len(load.errors) <= errors_then + load.threads  # at most a call each after
