@@ -164,6 +164,10 @@ def test_hashes_sets_and_sorted_sets(cache: Any, entry: dict[str, Any]) -> None:
     assert cache.srem("s", "a") == 1
     assert cache.scard("s") == 2
     assert cache.sscan("s", match="b") == {"b"}
+    assert sorted(map(str, cache.sscan_iter("s", count=1))) == ["('t', 1)", "b"]
+    assert cache.srandmember("s") in {"b", ("t", 1)}
+    assert sorted(map(str, cache.srandmember("s", 5))) == ["('t', 1)", "b"]
+    assert cache.srandmember("empty") is None
     assert cache.spop("s", 5) == {"b", ("t", 1)}
     assert cache.spop("s") is None
 
@@ -173,6 +177,17 @@ def test_hashes_sets_and_sorted_sets(cache: Any, entry: dict[str, Any]) -> None:
     assert cache.zrange("z", 0, -1, withscores=True) == [("low", 3.5), ("high", 10.0)]
     assert cache.zrevrangebyscore("z", "+inf", 5) == ["high"]
     assert cache.zrank("z", "high") == 1
+    assert cache.zadd("z", {"mid": 5.0, "gone": 7.0}) == 2
+    assert (cache.zcard("z"), cache.zcount("z", 4, 8), cache.zcard("nothing")) == (4, 2, 0)
+    assert cache.zrangebyscore("z", 4, "+inf", withscores=True) == [
+        ("mid", 5.0),
+        ("gone", 7.0),
+        ("high", 10.0),
+    ]
+    assert cache.zrangebyscore("z", "-inf", "+inf", start=1, num=2) == ["mid", "gone"]
+    assert cache.zrevrange("z", 0, 1) == ["high", "gone"]
+    assert cache.zrem("z", "gone", "never") == 1
+    assert cache.zremrangebyscore("z", 4, 6) == 1  # mid
     assert cache.zpopmax("z") == ("high", 10.0)
     assert cache.zpopmin("z", count=3) == [("low", 3.5)]
 
@@ -187,6 +202,11 @@ def test_hashes_sets_and_sorted_sets(cache: Any, entry: dict[str, Any]) -> None:
     cache.sadd(a, "x", "y")
     cache.sadd(b, "y", "z")
     assert cache.sinter(a, b) == {"y"}
+    assert cache.sdiff(a, b) == {"x"}
+    assert cache.sdiffstore(c, a, b) == 1
+    assert cache.smembers(c) == {"x"}
+    assert cache.sinterstore(c, a, b) == 1
+    assert cache.smembers(c) == {"y"}
     assert cache.sunionstore(c, a, b) == 3
     assert cache.smove(a, b, "x") is True
     assert cache.smembers(b) == {"x", "y", "z"}
