@@ -321,10 +321,19 @@ class ServerProcess:
         self._signal_and_wait(signal.SIGKILL, timeout=10)
 
     def pause(self) -> None:
-        """SIGSTOP the process: it keeps its sockets and answers nothing (a hung server)."""
-        if self.pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGSTOP)
+        """SIGSTOP the process: it keeps its sockets and answers nothing (a hung server).
+        Returns once every thread of it has stopped: ``kill`` only queues the signal, and a
+        server thread could still answer a request sent right after it."""
+        pid = self.pid
+        if pid is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGSTOP)
+        deadline = time.monotonic() + 10
+        while not _stopped(pid):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.label} did not stop within 10s of SIGSTOP")
+            time.sleep(0.001)
 
     @contextlib.contextmanager
     def stalled(self, most: int = 10_000) -> Iterator[None]:
@@ -411,3 +420,20 @@ def pid_is_server(pid: int, binary: str, port: int | None = None) -> bool:
     if state in ("Z", "X") or binary not in cmdline:
         return False
     return port is None or f":{port}" in cmdline or f" {port} " in f"{cmdline} "
+
+
+def _stopped(pid: int) -> bool:
+    """Whether every thread of ``pid`` is stopped (state T), or the process is gone."""
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return True
+    for tid in threads:
+        try:
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        except FileNotFoundError:
+            continue  # a thread that just ended
+        # The state follows the command name, which is in parentheses and may hold spaces.
+        if stat.rpartition(")")[2].split()[0] not in ("T", "t", "Z", "X"):
+            return False
+    return True
