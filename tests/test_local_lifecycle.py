@@ -151,3 +151,21 @@ def test_cli_up_status_down(tmp_path: Path) -> None:
     all_gone(pids)
     assert not any(Path(part["root"]).exists() for part in saved["parts"].values())
     assert run_cli("status", state=state).returncode == 1
+
+
+def test_pause_returns_once_every_thread_of_the_server_has_stopped() -> None:
+    # memcached runs worker threads: a request sent right after pause() must find none
+    # of them still running (kill() only queues SIGSTOP).
+    from shardcache.testing import MemcachedServers
+
+    with MemcachedServers(1) as memcached:
+        server = memcached.servers[0]
+        for _ in range(20):
+            server.pause()
+            tasks = Path(f"/proc/{server.pid}/task")
+            states = {
+                (tasks / tid / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                for tid in os.listdir(tasks)
+            }
+            server.resume()
+            assert states <= {"T", "t"}, states

@@ -329,11 +329,7 @@ class ServerProcess:
             return
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGSTOP)
-        deadline = time.monotonic() + 10
-        while not _stopped(pid):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.label} did not stop within 10s of SIGSTOP")
-            time.sleep(0.001)
+        wait_until(lambda: _stopped(pid), timeout=10, what=f"{self.label} to stop", interval=0.001)
 
     @contextlib.contextmanager
     def stalled(self, most: int = 10_000) -> Iterator[None]:
@@ -416,8 +412,7 @@ def pid_is_server(pid: int, binary: str, port: int | None = None) -> bool:
         cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return False
-    state = stat.rsplit(")", 1)[-1].split()[0]
-    if state in ("Z", "X") or binary not in cmdline:
+    if _state(stat) in ("Z", "X") or binary not in cmdline:
         return False
     return port is None or f":{port}" in cmdline or f" {port} " in f"{cmdline} "
 
@@ -433,7 +428,12 @@ def _stopped(pid: int) -> bool:
             stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
         except FileNotFoundError:
             continue  # a thread that just ended
-        # The state follows the command name, which is in parentheses and may hold spaces.
-        if stat.rpartition(")")[2].split()[0] not in ("T", "t", "Z", "X"):
+        if _state(stat) not in ("T", "t", "Z", "X"):
             return False
     return True
+
+
+def _state(stat: str) -> str:
+    """The state letter of a ``/proc/.../stat`` line: it follows the command name, which is
+    in parentheses and may hold spaces."""
+    return stat.rsplit(")", 1)[-1].split()[0]

@@ -160,7 +160,7 @@ def test_a_paused_redis_shard_costs_one_timeout_then_fails_fast(
 
 # --- servers down at start --------------------------------------------------------------
 
-_DEAD = {
+_DEAD: dict[str, tuple[str, dict[str, Any]]] = {
     "hashpool": ("redis://127.0.0.1:{port}/0", {}),
     "cluster": ("127.0.0.1:{port}", {}),
     "sentinel": ("127.0.0.1:{port}", {"MASTERS": ["bucket0"]}),
@@ -216,8 +216,8 @@ def test_a_killed_memcached_shard_misses_then_warms_up_and_serves_again(
             cache.update_shard_states([first, warming, last])
             load.settle(0.5)
             cache.update_shard_states(servers.addresses)
-            key = next(f"k{i}" for i in range(1000) if _on(cache, f"k{i}", 1))
-            wait_until(lambda: cache.set(key, 1) and cache.get(key) == 1, timeout=15, what="served")
+            key = _key_on(cache, 1)
+            wait_until(lambda: _stores(cache, key), timeout=15, what="served")
             served_after = time.monotonic() - restarted
             load.settle(0.5)
         scenario = f"memcached shard killed, DOWN, restarted, WARM_UP -> ACTIVE, through {api}"
@@ -238,7 +238,7 @@ def test_a_killed_memcached_shard_errs_only_for_its_own_keys(
     cache = registry.cache("memcache", servers.addresses, {"RETRY_TIMEOUT": 1}, prefix="t:")
     load = Load(cache, threads=4)
     load.shard_of = lambda key: str(_shard_index(cache, key))
-    key = next(f"k{i}" for i in range(1000) if _on(cache, f"k{i}", 1))
+    key = _key_on(cache, 1)
     with load.running():
         load.settle(0.5)
         fault = time.monotonic()
@@ -269,6 +269,7 @@ def test_a_killed_memcached_shard_errs_only_for_its_own_keys(
 
 
 def _stores(cache: Cache, key: str) -> bool:
+    """Whether ``key``'s shard takes a write and serves it back (not yet, if it errs)."""
     try:
         return cache.set(key, 1) and cache.get(key) == 1
     except ShardUnavailableError:
@@ -282,14 +283,14 @@ def test_a_paused_memcached_shard_costs_one_timeout_then_misses(
     options = {"IGNORE_ERRORS": True, "SOCKET_TIMEOUT": 1, "RETRY_TIMEOUT": 1}
     victim = servers.servers[1]
     with _loaded(api, "memcache", servers.addresses, options, registry) as (load, cache, _):
-        key = next(f"k{i}" for i in range(1000) if _on(cache, f"k{i}", 1))
+        key = _key_on(cache, 1)
         with load.running():
             load.settle(0.5)
             fault = time.monotonic()
             victim.pause()
             time.sleep(3.0)
             victim.resume()
-            wait_until(lambda: cache.set(key, 1) and cache.get(key) == 1, timeout=15, what="served")
+            wait_until(lambda: _stores(cache, key), timeout=15, what="served")
             load.settle(0.5)
         row = load.row(f"memcached shard paused 3 s (SOCKET_TIMEOUT=1), through {api}", fault)
     ROWS.append(row)
@@ -302,8 +303,9 @@ def _shard_index(cache: Cache, key: str) -> int | None:
     return None if handle is None else int(handle.index)
 
 
-def _on(cache: Cache, key: str, index: int) -> bool:
-    return _shard_index(cache, key) == index
+def _key_on(cache: Cache, index: int) -> str:
+    """A key of memcache shard ``index``."""
+    return next(f"k{i}" for i in range(1000) if _shard_index(cache, f"k{i}") == index)
 
 
 # --- Redis Sentinel ----------------------------------------------------------------------
