@@ -320,6 +320,37 @@ def test_a_missed_failover_event_then_a_second_failover_still_finds_the_live_mas
     client.close()
 
 
+def test_the_sentinels_are_never_read_as_naming_the_old_master_with_the_new_epoch(
+    clean_redis_sentinel: RedisSentinel,
+) -> None:
+    # The sentinel leading a failover takes the new config epoch when the replica answers
+    # as a master, but goes on naming the old master in SENTINEL MASTER until it ends the
+    # failover; the others already name the new one. An answer (new epoch, old master)
+    # sent a client back to the old master, where writes are lost once it is demoted.
+    client = client_for(clean_redis_sentinel, ["bucket0"])
+    old, before = client.ask("bucket0")
+    answers: list[tuple[tuple[str, int], int]] = []
+    done = threading.Event()
+
+    def ask_all_along() -> None:
+        while not done.is_set():
+            answers.append(client.ask("bucket0"))
+
+    asker = threading.Thread(target=ask_all_along)
+    asker.start()
+    try:
+        new = clean_redis_sentinel.failover("bucket0", settle=False)
+    finally:
+        done.set()
+        asker.join()
+    after, epoch = client.ask("bucket0")
+    client.close()
+    stale = [answer for answer in answers if answer[1] > before and answer[0] == old]
+    assert not stale, f"{len(stale)} of {len(answers)} answers named the old master"
+    assert after == new
+    assert epoch > before
+
+
 def test_connection_factory_builds_the_master_connections(
     clean_redis_sentinel: RedisSentinel,
 ) -> None:

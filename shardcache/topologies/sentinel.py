@@ -256,8 +256,24 @@ class SentinelClient:
                 failures.append(str(exc))
                 continue
             answered += 1
-            host = state["ip"].decode() if isinstance(state["ip"], bytes) else str(state["ip"])
-            candidate = (int(state.get("config-epoch", 0)), (host, int(state["port"])))
+            epoch, address = (
+                int(state.get("config-epoch", 0)),
+                (_text(state["ip"]), int(state["port"])),
+            )
+            if "failover_in_progress" in _text(state["flags"]):
+                # The leader of a failover takes the new epoch as soon as the replica it
+                # promoted answers as a master, but names the old master here until the
+                # failover ends (the others name the new one already). Its address of the
+                # moment is the promoted replica from then on: read it after the epoch, so
+                # the pair is never (new epoch, old master).
+                try:
+                    found: Any = sentinel.sentinel_get_master_addr_by_name(name)
+                except (redis.RedisError, OSError) as exc:
+                    failures.append(str(exc))
+                    continue
+                if found:
+                    address = (_text(found[0]), int(found[1]))
+            candidate = (epoch, address)
             if best is None or candidate[0] > best[0]:
                 best = candidate
         if best is not None:
@@ -596,6 +612,10 @@ class SentinelClient:
                 replica = self._replica_shard(address)
                 found.append(redis_report(replica, group=f"{name} replica"))
         return found
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class SentinelMaster:
