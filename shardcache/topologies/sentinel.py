@@ -239,7 +239,8 @@ class SentinelClient:
     def ask(self, name: str) -> tuple[tuple[str, int], int]:
         """The master of ``name`` and its config epoch, from every sentinel that answers:
         the answer with the highest epoch wins, because right after a failover the sentinels
-        that did not lead it still name the old master for a second or two.
+        that did not lead it still name the old master for a second or two (and the one that
+        leads it names its promoted replica: see below).
 
         `SentinelError` (``sentinel_err=True``) when no sentinel answers or none knows it.
         """
