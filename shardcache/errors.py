@@ -89,6 +89,11 @@ def key_text(key: bytes | str | object) -> str:
     return f"{data[:_SHOWN]!r}... ({len(data)} bytes, #{digest})"
 
 
+def text_of(value: object) -> str:
+    """A server's reply as text: bytes decoded as UTF-8, anything else through ``str``."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 class ShardcacheError(Exception):
     """Root of every error shardcache raises."""
 

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from shardcache.errors import ShardError
+from shardcache.errors import ShardError, text_of
 
 __all__ = ["KeyLocation", "ShardReport", "parse_info", "redis_report"]
 
@@ -131,7 +131,7 @@ def memcache_report(
         return ShardReport(
             address, "memcached", False, breaker=breaker, state=state, error=str(exc)
         )
-    fields = {(k.decode() if isinstance(k, bytes) else str(k)): str(v) for k, v in found.items()}
+    fields = {text_of(k): str(v) for k, v in found.items()}
     return ShardReport(
         address=address,
         role="memcached",

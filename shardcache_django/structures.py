@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from shardcache import Cache
+from shardcache.errors import text_of
 
 __all__ = ["RedisStructures"]
 
@@ -69,7 +70,7 @@ class RedisStructures:
 
     def hgetall(self, key: Any, version: Any = None) -> dict[str, Any]:
         found = self._run("HGETALL", key, version=version, read=True, default={})
-        return {_text(name): self._de(data) for name, data in _pairs(found)}
+        return {text_of(name): self._de(data) for name, data in _pairs(found)}
 
     def hdel(self, key: Any, *fields: str, version: Any = None) -> int:
         return int(self._run("HDEL", key, *fields, version=version, default=0))
@@ -79,7 +80,8 @@ class RedisStructures:
 
     def hkeys(self, key: Any, version: Any = None) -> list[str]:
         return [
-            _text(name) for name in self._run("HKEYS", key, version=version, read=True, default=[])
+            text_of(name)
+            for name in self._run("HKEYS", key, version=version, read=True, default=[])
         ]
 
     def hexists(self, key: Any, field: str, version: Any = None) -> bool:
@@ -341,10 +343,6 @@ class RedisStructures:
         if count is None:
             return pairs[0] if pairs else None
         return pairs
-
-
-def _text(name: bytes | str) -> str:
-    return name.decode() if isinstance(name, bytes) else name
 
 
 def _pairs(found: Any) -> list[tuple[Any, Any]]:

@@ -42,6 +42,7 @@ from shardcache.errors import (
     SentinelError,
     ShardError,
     ShardUnavailableError,
+    text_of,
 )
 from shardcache.hashing import HashFunction, Selector, make_selector
 from shardcache.lifecycle import forget_after_fork
@@ -257,11 +258,9 @@ class SentinelClient:
                 failures.append(str(exc))
                 continue
             answered += 1
-            epoch, address = (
-                int(state.get("config-epoch", 0)),
-                (_text(state["ip"]), int(state["port"])),
-            )
-            if "failover_in_progress" in _text(state["flags"]):
+            epoch = int(state.get("config-epoch", 0))
+            address = (text_of(state["ip"]), int(state["port"]))
+            if "failover_in_progress" in text_of(state["flags"]):
                 # The leader of a failover takes the new epoch as soon as the replica it
                 # promoted answers as a master, but names the old master here until the
                 # failover ends (the others name the new one already). Its address of the
@@ -273,10 +272,9 @@ class SentinelClient:
                     failures.append(str(exc))
                     continue
                 if found:
-                    address = (_text(found[0]), int(found[1]))
-            candidate = (epoch, address)
-            if best is None or candidate[0] > best[0]:
-                best = candidate
+                    address = (text_of(found[0]), int(found[1]))
+            if best is None or epoch > best[0]:
+                best = (epoch, address)
         if best is not None:
             return best[1], best[0]
         if answered:
@@ -485,8 +483,8 @@ class SentinelClient:
             logger.warning("shardcache: %s", exc)
 
     def _on_event(self, channel: bytes | str, data: bytes | str) -> None:
-        channel = channel.decode() if isinstance(channel, bytes) else channel
-        fields = (data.decode() if isinstance(data, bytes) else data).split()
+        channel = text_of(channel)
+        fields = text_of(data).split()
         if channel == "+switch-master" and len(fields) == 5:
             if fields[0] in self._current:  # sentinels announce every master they watch
                 self._promoted(fields[0], (fields[3], int(fields[4])))
@@ -613,10 +611,6 @@ class SentinelClient:
                 replica = self._replica_shard(address)
                 found.append(redis_report(replica, group=f"{name} replica"))
         return found
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class SentinelMaster:

@@ -24,7 +24,7 @@ from pymemcache.exceptions import (
     MemcacheUnknownCommandError,
 )
 
-from shardcache.errors import ShardUnavailableError, key_text
+from shardcache.errors import ShardUnavailableError, key_text, text_of
 from shardcache.lifecycle import Workers
 from shardcache.topologies.memcache.manager import ShardHandle, StaticShardManager
 from shardcache.topologies.memcache.model import (
@@ -519,16 +519,18 @@ class ShardedMemcacheClient:
         """``stats`` (or ``stats <key>``) of every shard."""
         args = (key,) if key else ()
         raw, errors = self._everyone("stats", *args)
-        entries = {i: {_text(k): _text(v) for k, v in stats.items()} for i, stats in raw.items()}
+        entries = {
+            i: {text_of(k): text_of(v) for k, v in stats.items()} for i, stats in raw.items()
+        }
         return StatResponse(entries, errors)
 
     def version(self) -> VersionResponse:
         raw, errors = self._everyone("version")
-        return VersionResponse({i: _text(v) for i, v in raw.items()}, errors)
+        return VersionResponse({i: text_of(v) for i, v in raw.items()}, errors)
 
     def verbosity(self, level: int) -> StatResponse:
         done, errors = self._everyone("set_verbosity", level)
-        return StatResponse({i: {"verbosity": _text(r)} for i, r in done.items()}, errors)
+        return StatResponse({i: {"verbosity": text_of(r)} for i, r in done.items()}, errors)
 
     def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
         """Run ``fn(*args)`` on the client's worker threads (batches of several shards)."""
@@ -560,10 +562,6 @@ class ShardedMemcacheClient:
 def _raw_key(key: bytes | str) -> bytes:
     """A key that failed validation, as bytes for its error response."""
     return key.encode() if isinstance(key, str) else bytes(key)
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _unmapped(key: bytes) -> ValueError:
