@@ -131,7 +131,7 @@ def memcache_report(
         return ShardReport(
             address, "memcached", False, breaker=breaker, state=state, error=str(exc)
         )
-    fields = {text_of(k): str(v) for k, v in found.items()}
+    fields = {text_of(k): text_of(v) for k, v in found.items()}
     return ShardReport(
         address=address,
         role="memcached",

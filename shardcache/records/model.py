@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from shardcache.errors import ConfigurationError, InvalidRecordError
+from shardcache.errors import ConfigurationError, InvalidRecordError, text_of
 
 __all__ = ["Encryption", "Options", "Record", "RecordCodec", "compile_filter"]
 
@@ -77,8 +77,7 @@ class Options:
     def decode(cls, text: str | bytes | None) -> Options:
         if not text:
             return cls()
-        raw = text.decode() if isinstance(text, bytes) else text
-        capacity, _, ttl = raw.partition("|")
+        capacity, _, ttl = text_of(text).partition("|")
         return cls(int(capacity) if capacity else None, int(ttl) / 1000 if ttl else None)
 
 
