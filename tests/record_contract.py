@@ -31,6 +31,9 @@ from shardcache.testing import wait_until
 
 KEY_A = ("a", bytes(range(32)))
 KEY_B = ("b", bytes(range(32, 64)))
+# With spaces: neither a stored timestamp (the write time in ms) nor base64 can hold it by
+# chance, as they can hold "1234".
+PIN = "my pin is 1234"
 
 
 class RecordStoreContract:
@@ -350,17 +353,17 @@ class RecordStoreContract:
 
     def test_encryption_round_trip_and_rotation(self) -> None:
         store = self.make_store(encryption_keys=[KEY_A])
-        server_version = store.put([Record("secret", "s1", {"pin": "1234"})])
+        server_version = store.put([Record("secret", "s1", {"pin": PIN})])
         raw = _stored_text(store, "secret", "s1")
-        assert "1234" not in raw
+        assert PIN not in raw
         assert '"t":"secret"' in raw  # type, id and version stay readable
-        assert store.get("secret", "s1").data == {"pin": "1234"}
+        assert store.get("secret", "s1").data == {"pin": PIN}
         old_keys = store.codec
         store.codec = RecordCodec(Encryption([KEY_B, KEY_A]))  # rotate: B first, A still read
         store.put([Record("secret", "s2", {"pin": "5678"})])
-        assert store.get("secret", "s1").data == {"pin": "1234"}
+        assert store.get("secret", "s1").data == {"pin": PIN}
         assert [c.data for c in store.sync("secret", server_version, 0)] == [
-            {"pin": "1234"},
+            {"pin": PIN},
             {"pin": "5678"},
         ]
         store.codec = old_keys
